@@ -1,0 +1,1 @@
+"""Frozen, typed configuration resources (Istio formats) and the whole-mesh config."""

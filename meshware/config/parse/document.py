@@ -1,0 +1,109 @@
+"""YAML text → :class:`Document`: raw mappings that remember where they came from."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from meshware.errors import ConfigError, Problem
+
+
+@dataclass(frozen=True, slots=True)
+class Document:
+    """One raw YAML/JSON document and its origin (file name and 1-based document number)."""
+
+    body: Mapping[str, Any]
+    source: str = ""
+    index: int = 0
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that rejects duplicate keys and keeps timestamps as strings (JSON-safe)."""
+
+
+def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    loader.flatten_mapping(node)
+    seen: dict[Any, Any] = {}
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if key in seen:
+            mark = key_node.start_mark
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}", mark
+            )
+        seen[key] = loader.construct_object(value_node, deep=True)
+    return seen
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+_StrictLoader.add_constructor(
+    "tag:yaml.org,2002:timestamp", lambda loader, node: loader.construct_scalar(node)
+)
+
+
+def load_yaml(text: str, source: str = "<input>") -> list[Document]:
+    """Split multi-document YAML (or JSON) into documents; empty documents are skipped.
+
+    Raises :class:`ConfigError` naming the source, document and line for a syntax error or a
+    document that is not a mapping.
+    """
+    documents: list[Document] = []
+    problems: list[Problem] = []
+    index = 0
+    try:
+        for index, body in enumerate(yaml.load_all(text, Loader=_StrictLoader), start=1):  # noqa: B007
+            if body is None:
+                continue
+            if isinstance(body, list) and _is_list_kind(body):
+                problems.append(
+                    Problem("a 'List' of resources is not supported; use '---' separated documents", source=source, document=index)
+                )
+                continue
+            if not isinstance(body, dict):
+                problems.append(
+                    Problem(f"a resource must be a mapping, got {type(body).__name__}", source=source, document=index)
+                )
+                continue
+            documents.append(Document(body=body, source=source, index=index))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        reason = getattr(exc, "problem", None) or str(exc)
+        problems.append(Problem(f"YAML syntax error{where}: {reason}", source=source, document=index + 1))
+    if problems:
+        raise ConfigError(problems)
+    return documents
+
+
+def _is_list_kind(body: list[Any]) -> bool:
+    return all(isinstance(item, dict) for item in body)
+
+
+def load_files(paths: Iterable[str | Path]) -> list[Document]:
+    """Read and split every file (``-`` is standard input); all problems are reported together."""
+    documents: list[Document] = []
+    problems: list[Problem] = []
+    for path in paths:
+        name = str(path)
+        try:
+            if name == "-":
+                import sys
+
+                text = sys.stdin.read()
+                name = "<stdin>"
+            else:
+                text = Path(path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            problems.append(Problem(f"cannot read file: {exc}", source=name))
+            continue
+        try:
+            documents.extend(load_yaml(text, name))
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+    if problems:
+        raise ConfigError(problems)
+    return documents

@@ -1,0 +1,7 @@
+"""Parsers for ``telemetry.istio.io`` resources."""
+
+from __future__ import annotations
+
+from meshware.config.parse.kinds import KindSpec
+
+KINDS: tuple[KindSpec, ...] = ()
