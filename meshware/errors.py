@@ -40,7 +40,9 @@ class Problem:
     def __str__(self) -> str:
         where = []
         if self.source:
-            where.append(f"{self.source}" + (f" (document {self.document})" if self.document else ""))
+            where.append(
+                f"{self.source}" + (f" (document {self.document})" if self.document else "")
+            )
         elif self.document:
             where.append(f"document {self.document}")
         if self.resource:

@@ -9,6 +9,7 @@ from typing import Any
 
 import yaml
 
+from meshware.config.parse.reader import type_name
 from meshware.errors import ConfigError, Problem
 
 
@@ -25,24 +26,28 @@ class _StrictLoader(yaml.SafeLoader):
     """SafeLoader that rejects duplicate keys and keeps timestamps as strings (JSON-safe)."""
 
 
-def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+def _construct_mapping(
+    loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False
+) -> dict[Any, Any]:
     loader.flatten_mapping(node)
     seen: dict[Any, Any] = {}
     for key_node, value_node in node.value:
         key = loader.construct_object(key_node, deep=True)
         if key in seen:
             mark = key_node.start_mark
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r}", mark
-            )
+            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", mark)
         seen[key] = loader.construct_object(value_node, deep=True)
     return seen
 
 
 _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-_StrictLoader.add_constructor(
-    "tag:yaml.org,2002:timestamp", lambda loader, node: loader.construct_scalar(node)
-)
+
+
+def _timestamp_as_text(loader: _StrictLoader, node: yaml.ScalarNode) -> str:
+    return str(loader.construct_scalar(node))
+
+
+_StrictLoader.add_constructor("tag:yaml.org,2002:timestamp", _timestamp_as_text)
 
 
 def load_yaml(text: str, source: str = "<input>") -> list[Document]:
@@ -55,32 +60,44 @@ def load_yaml(text: str, source: str = "<input>") -> list[Document]:
     problems: list[Problem] = []
     index = 0
     try:
-        for index, body in enumerate(yaml.load_all(text, Loader=_StrictLoader), start=1):  # noqa: B007
+        for index, body in enumerate(yaml.load_all(text, Loader=_StrictLoader), start=1):
             if body is None:
                 continue
-            if isinstance(body, list) and _is_list_kind(body):
-                problems.append(
-                    Problem("a 'List' of resources is not supported; use '---' separated documents", source=source, document=index)
-                )
-                continue
-            if not isinstance(body, dict):
-                problems.append(
-                    Problem(f"a resource must be a mapping, got {type(body).__name__}", source=source, document=index)
-                )
-                continue
-            documents.append(Document(body=body, source=source, index=index))
+            for item in _expand(body):
+                if isinstance(item, dict):
+                    documents.append(Document(body=item, source=source, index=index))
+                else:
+                    problems.append(
+                        Problem(
+                            f"a resource must be a mapping, got {type_name(item)}",
+                            source=source,
+                            document=index,
+                        )
+                    )
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         reason = getattr(exc, "problem", None) or str(exc)
-        problems.append(Problem(f"YAML syntax error{where}: {reason}", source=source, document=index + 1))
+        problems.append(
+            Problem(f"YAML syntax error{where}: {reason}", source=source, document=index + 1)
+        )
     if problems:
         raise ConfigError(problems)
     return documents
 
 
-def _is_list_kind(body: list[Any]) -> bool:
-    return all(isinstance(item, dict) for item in body)
+def _expand(body: Any) -> list[Any]:
+    """A document, or the items of a JSON array / Kubernetes ``kind: List`` document."""
+    if isinstance(body, list):
+        return body
+    if (
+        isinstance(body, dict)
+        and body.get("kind") == "List"
+        and isinstance(body.get("items"), list)
+        and set(body) <= {"apiVersion", "kind", "items", "metadata"}
+    ):
+        return list(body["items"])
+    return [body]
 
 
 def load_files(paths: Iterable[str | Path]) -> list[Document]:

@@ -126,18 +126,22 @@ class Node:
 
     # -- scalars --------------------------------------------------------------------------
 
-    def string(self, key: str, *, required: bool = False, default: str = "", nonempty: bool = False) -> str:
+    def string(
+        self, key: str, *, required: bool = False, default: str = "", nonempty: bool = False
+    ) -> str:
         value = self._get(key, required)
         if value is _MISSING:
             return default
-        if not isinstance(value, str):
-            self.error(key, f"must be a string, got {type_name(value)}")
-            return default
-        if nonempty and not value:
-            self.error(key, "must not be empty")
-        return value
+        if isinstance(value, str):
+            if nonempty and not value:
+                self.error(key, "must not be empty")
+            return value
+        self.error(key, f"must be a string, got {type_name(value)}")
+        return default
 
-    def enum(self, key: str, choices: tuple[str, ...], *, required: bool = False, default: str = "") -> str:
+    def enum(
+        self, key: str, choices: tuple[str, ...], *, required: bool = False, default: str = ""
+    ) -> str:
         value = self._get(key, required)
         if value is _MISSING:
             return default
@@ -178,7 +182,11 @@ class Node:
         value = self._get(key, required)
         if value is _MISSING:
             return default
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+        ):
             self.error(key, f"must be a number, got {type_name(value)} {value!r}")
             return default
         number = float(value)
@@ -196,7 +204,9 @@ class Node:
             return default
         return value
 
-    def value(self, key: str, convert: Callable[[Any], T], default: T, *, required: bool = False) -> T:
+    def value(
+        self, key: str, convert: Callable[[Any], T], default: T, *, required: bool = False
+    ) -> T:
         """Read ``key`` with ``convert``, which raises ``ValueError(message)`` on bad input."""
         value = self._get(key, required)
         if value is _MISSING:
@@ -231,14 +241,18 @@ class Node:
                 self.problems.add(path, f"must be a mapping, got {type_name(item)}")
         return out
 
-    def str_list(self, key: str, *, required: bool = False, nonempty: bool = False) -> tuple[str, ...]:
+    def str_list(
+        self, key: str, *, required: bool = False, nonempty: bool = False
+    ) -> tuple[str, ...]:
         items = self._list(key, required=required, nonempty=nonempty)
         out: list[str] = []
         for i, item in enumerate(items):
             if isinstance(item, str):
                 out.append(item)
             else:
-                self.problems.add(f"{self.at(key)}[{i}]", f"must be a string, got {type_name(item)}")
+                self.problems.add(
+                    f"{self.at(key)}[{i}]", f"must be a string, got {type_name(item)}"
+                )
         return tuple(out)
 
     def str_map(self, key: str, *, required: bool = False) -> dict[str, str]:

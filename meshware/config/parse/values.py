@@ -26,7 +26,9 @@ _UNIT_SECONDS = {
 def parse_duration(value: Any) -> float:
     """A Go/protobuf duration string (``"1.5s"``, ``"100ms"``, ``"1m30s"``) → seconds."""
     if not isinstance(value, str):
-        raise ValueError(f"must be a duration string like '1.5s' or '100ms', got {type_name(value)} {value!r}")
+        raise ValueError(
+            f"must be a duration string like '1.5s' or '100ms', got {type_name(value)} {value!r}"
+        )
     text = value.strip()
     if text in ("0", ""):
         if text == "":
@@ -37,7 +39,9 @@ def parse_duration(value: Any) -> float:
     while pos < len(text):
         match = _DURATION_PART.match(text, pos)
         if match is None:
-            raise ValueError(f"invalid duration {value!r}: use a number and a unit (ns, us, ms, s, m, h), e.g. '1.5s'")
+            raise ValueError(
+                f"invalid duration {value!r}: use a number and a unit (ns, us, ms, s, m, h), e.g. '1.5s'"
+            )
         total += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
         pos = match.end()
     return total
@@ -109,7 +113,9 @@ def _check_re2(pattern: str) -> None:
         if c == "\\" and i + 1 < n:
             nxt = pattern[i + 1]
             if not in_class and nxt.isdigit() and nxt != "0":
-                raise ValueError(f"invalid regular expression {pattern!r}: backreferences are not supported by RE2")
+                raise ValueError(
+                    f"invalid regular expression {pattern!r}: backreferences are not supported by RE2"
+                )
             i += 2
             continue
         if in_class:
@@ -130,9 +136,13 @@ def _check_re2(pattern: str) -> None:
         if c == "(":
             for token, what in _RE2_UNSUPPORTED:
                 if pattern.startswith(token, i):
-                    raise ValueError(f"invalid regular expression {pattern!r}: {what} are not supported by RE2")
+                    raise ValueError(
+                        f"invalid regular expression {pattern!r}: {what} are not supported by RE2"
+                    )
         if c in "*+?}" and i + 1 < n and pattern[i + 1] == "+":
-            raise ValueError(f"invalid regular expression {pattern!r}: possessive quantifiers are not supported by RE2")
+            raise ValueError(
+                f"invalid regular expression {pattern!r}: possessive quantifiers are not supported by RE2"
+            )
         i += 1
 
 
@@ -161,7 +171,9 @@ def parse_namespace(value: Any) -> str:
     return value
 
 
-_HOST = re.compile(r"^(\*|(\*\.)?[A-Za-z0-9]([-A-Za-z0-9_]*[A-Za-z0-9])?(\.[A-Za-z0-9]([-A-Za-z0-9_]*[A-Za-z0-9])?)*\.?)$")
+_HOST = re.compile(
+    r"^(\*|(\*\.)?[A-Za-z0-9]([-A-Za-z0-9_]*[A-Za-z0-9])?(\.[A-Za-z0-9]([-A-Za-z0-9_]*[A-Za-z0-9])?)*\.?)$"
+)
 
 
 def parse_host(value: Any) -> str:
@@ -169,5 +181,7 @@ def parse_host(value: Any) -> str:
     if not isinstance(value, str):
         raise ValueError(f"must be a host name string, got {type_name(value)}")
     if not value or len(value) > 253 or not _HOST.match(value):
-        raise ValueError(f"invalid host {value!r}: must be a DNS name, optionally starting with '*.'")
+        raise ValueError(
+            f"invalid host {value!r}: must be a DNS name, optionally starting with '*.'"
+        )
     return value.lower().rstrip(".")

@@ -1,0 +1,1 @@
+"""The ``meshware`` command line."""

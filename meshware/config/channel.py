@@ -1,0 +1,266 @@
+"""The loops that feed a :class:`~meshware.config.watch.ConfigWatcher`: Redis and a local file.
+
+The Redis loop treats pub/sub as a hint and the config hash as the truth: on every
+(re)connect and every ``resync_interval`` it compares the announced (epoch, version) with
+the held one, so an update published while disconnected is never lost. It also keeps the
+instance's registry record alive (heartbeat + TTL) and reports each ACK/NACK. Losing Redis
+never touches the held snapshot: the instance keeps serving and reconnects with backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import redis
+import redis.asyncio
+
+from meshware.config.connection import async_client, for_hset, redact, text, text_map
+from meshware.config.keys import Keys
+from meshware.config.parse import load_files
+from meshware.config.record import ConfigRecord, canonical_json, digest_documents
+from meshware.config.registry import InstanceRecord
+from meshware.config.store import normalise_document
+from meshware.config.watch import ConfigWatcher, Outcome
+from meshware.errors import ConfigError
+
+log = logging.getLogger("meshware.config")
+
+
+class Backoff:
+    """Jittered exponential backoff: ``base * 2**n`` capped at ``cap``, full jitter above half."""
+
+    def __init__(
+        self, base: float = 0.05, cap: float = 2.0, rng: random.Random | None = None
+    ) -> None:
+        self.base = base
+        self.cap = cap
+        self.attempt = 0
+        self._rng = rng or random.Random()
+
+    def next(self) -> float:
+        delay = min(self.cap, self.base * (2.0**self.attempt))
+        self.attempt += 1
+        jitter: float = self._rng.random()
+        return delay / 2 + jitter * delay / 2
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+class RedisConfigChannel:
+    """Keeps one instance in sync with the control plane in Redis; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        url: str,
+        keys: Keys,
+        watcher: ConfigWatcher,
+        record: Callable[[], InstanceRecord],
+        heartbeat_interval: float = 2.0,
+        resync_interval: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.url = url
+        self.keys = keys
+        self.watcher = watcher
+        self._record = record
+        self.heartbeat_interval = heartbeat_interval
+        self.resync_interval = resync_interval
+        self._clock = clock
+        self._backoff = Backoff(rng=rng)
+        self.connected = asyncio.Event()
+        self.synced_once = asyncio.Event()
+        """Set after the first successful look at the control plane (config or none)."""
+        self.last_error = ""
+
+    async def run(self) -> None:
+        """Run until cancelled; on cancellation deregister the instance (best effort)."""
+        try:
+            while True:
+                client = async_client(self.url)
+                try:
+                    await self._session(client)
+                except (redis.RedisError, OSError) as exc:
+                    if self.connected.is_set() or not self.last_error:
+                        log.warning("control plane %s unreachable: %s", redact(self.url), exc)
+                    self.last_error = str(exc)
+                finally:
+                    self.connected.clear()
+                    await _close(client)
+                await asyncio.sleep(self._backoff.next())
+        finally:
+            await self._deregister()
+
+    async def _session(self, client: redis.asyncio.Redis) -> None:
+        pubsub = client.pubsub()
+        try:
+            await pubsub.subscribe(self.keys.events)
+            await self.resync(client, full=True)
+            await self._publish_record(client)
+            self.connected.set()
+            self.synced_once.set()
+            self._backoff.reset()
+            self.last_error = ""
+            now = self._clock()
+            next_heartbeat = now + self.heartbeat_interval
+            next_resync = now + self.resync_interval
+            while True:
+                timeout = max(0.0, min(next_heartbeat, next_resync) - self._clock())
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=timeout)
+                if message is not None:
+                    await self._on_event(client, message.get("data"))
+                now = self._clock()
+                if now >= next_resync:
+                    await self.resync(client, full=False)
+                    next_resync = now + self.resync_interval
+                if now >= next_heartbeat:
+                    await self._publish_record(client)
+                    next_heartbeat = now + self.heartbeat_interval
+        finally:
+            await _close(pubsub)
+
+    async def _on_event(self, client: redis.asyncio.Redis, data: object) -> None:
+        try:
+            event = json.loads(data) if isinstance(data, str) else {}
+            epoch, version = str(event["epoch"]), int(event["version"])
+        except (ValueError, KeyError, TypeError):
+            await self.resync(client, full=True)  # an unreadable hint still means "look"
+            return
+        if self.watcher.wants(epoch, version):
+            await self.resync(client, full=True)
+
+    async def resync(self, client: redis.asyncio.Redis, *, full: bool) -> None:
+        """Compare with the control plane and fetch + apply the current version if it differs."""
+        if not full:
+            raw_epoch, raw_version = await client.hmget(self.keys.config, ["epoch", "version"])
+            if raw_epoch is None:
+                return  # nothing applied (or Redis emptied): keep serving what we hold
+            try:
+                if not self.watcher.wants(text(raw_epoch), int(text(raw_version) or 0)):
+                    return
+            except ValueError:
+                pass
+        data = text_map(await client.hgetall(self.keys.config))
+        if not data:
+            return
+        try:
+            record = ConfigRecord.from_hash(data)
+        except ValueError as exc:
+            epoch = data.get("epoch", "")
+            version = int(data["version"]) if data.get("version", "").isdigit() else 0
+            if self.watcher.wants(epoch, version):
+                nack = self.watcher.reject(epoch, version, str(exc))
+                await self._publish_record(client, ack=("nack", nack.epoch, nack.version))
+            return
+        if not self.watcher.wants(record.epoch, record.version):
+            return
+        outcome = self.watcher.offer(record)
+        await self._report(client, outcome, record)
+
+    async def _report(
+        self, client: redis.asyncio.Redis, outcome: Outcome, record: ConfigRecord
+    ) -> None:
+        if outcome.result == "unchanged":
+            return
+        await self._publish_record(client, ack=(outcome.result, record.epoch, record.version))
+        if outcome.result == "ack":
+            await asyncio.to_thread(self.watcher.save_last_known_good)
+
+    async def _publish_record(
+        self, client: redis.asyncio.Redis, ack: tuple[str, str, int] | None = None
+    ) -> None:
+        record = self._record()
+        key = self.keys.instance(record.instance)
+        pipe = client.pipeline(transaction=True)
+        pipe.hset(key, mapping=for_hset(record.to_hash()))
+        pipe.pexpire(key, int(record.ttl * 1000))
+        pipe.zadd(self.keys.instances, {record.instance: int(time.time() * 1000)})
+        if ack is not None:
+            result, epoch, version = ack
+            pipe.publish(
+                self.keys.acks,
+                canonical_json(
+                    {
+                        "instance": record.instance,
+                        "result": result,
+                        "epoch": epoch,
+                        "version": version,
+                    }
+                ),
+            )
+        await pipe.execute()
+
+    async def _deregister(self) -> None:
+        record = self._record()
+        client = async_client(self.url, timeout=1.0)
+        try:
+            pipe = client.pipeline(transaction=True)
+            pipe.delete(self.keys.instance(record.instance))
+            pipe.zrem(self.keys.instances, record.instance)
+            await asyncio.wait_for(pipe.execute(), timeout=2.0)
+        except (redis.RedisError, OSError, TimeoutError) as exc:
+            log.debug(
+                "could not deregister %s: %s (its record expires by itself)", record.instance, exc
+            )
+        finally:
+            await _close(client)
+
+
+class FileConfigSource:
+    """Runs one process from a local YAML file (``MESHWARE_CONFIG``), reloaded when it changes."""
+
+    def __init__(self, path: Path, watcher: ConfigWatcher, *, interval: float = 0.5) -> None:
+        self.path = path
+        self.watcher = watcher
+        self.interval = interval
+        self._stamp: tuple[int, int, int] | None = None
+        self._version = 0
+
+    def _read_stamp(self) -> tuple[int, int, int] | None:
+        try:
+            st = self.path.stat()
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+    def poll(self) -> Outcome | None:
+        """Reload if the file changed since the last poll; returns what happened, if anything."""
+        stamp = self._read_stamp()
+        if stamp is None or stamp == self._stamp:
+            if stamp is None and self._stamp is not None:
+                log.warning("config file %s disappeared; keeping the current config", self.path)
+                self._stamp = None
+            return None
+        self._stamp = stamp
+        self._version += 1
+        try:
+            documents = tuple(normalise_document(d.body) for d in load_files([self.path]))
+        except ConfigError as exc:
+            nack = self.watcher.reject("file", self._version, str(exc))
+            return Outcome("nack", self.watcher.snapshot, nack)
+        record = ConfigRecord(
+            epoch="file",
+            version=self._version,
+            documents=documents,
+            digest=digest_documents(documents),
+        )
+        return self.watcher.offer(record, source="file")
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.to_thread(self.poll)
+            await asyncio.sleep(self.interval)
+
+
+async def _close(resource: redis.asyncio.Redis | redis.asyncio.client.PubSub) -> None:
+    with contextlib.suppress(redis.RedisError, OSError, RuntimeError):
+        await resource.aclose()

@@ -1,0 +1,276 @@
+"""``Mesh``: the per-process runtime that ties config sync, registration and (later) the
+data plane together.
+
+The runtime runs in one background thread with its own asyncio loop, so it works the same
+under an ASGI server, a threaded WSGI server or a plain script, and never shares an event
+loop with the application. The request path only ever reads :attr:`Mesh.snapshot`, a
+reference to an immutable object that the runtime replaces whole.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from meshware.config.channel import FileConfigSource, RedisConfigChannel
+from meshware.config.keys import Keys
+from meshware.config.model.mesh import MeshConfig
+from meshware.config.registry import InstanceRecord
+from meshware.config.watch import ConfigWatcher, Snapshot
+from meshware.errors import MeshStateError
+from meshware.settings import Settings, default_state_dir
+
+log = logging.getLogger("meshware")
+
+
+class Mesh:
+    """One service instance's membership in the mesh.
+
+    >>> mesh = Mesh(service="reviews", version="v2", redis_url="redis://localhost:6379/0")
+    >>> with mesh:                       # or mesh.start() / mesh.stop(), or mesh.lifespan
+    ...     mesh.snapshot.version        # the applied config version
+    """
+
+    def __init__(
+        self,
+        service: str,
+        version: str = "v1",
+        *,
+        redis_url: str | None = None,
+        address: str = "",
+        labels: Mapping[str, str] | None = None,
+        namespace: str = "default",
+        mesh: str = "default",
+        config_file: str | os.PathLike[str] | None = None,
+        state_dir: str | os.PathLike[str] | None = None,
+        heartbeat_interval: float = 2.0,
+        instance_ttl: float = 10.0,
+        resync_interval: float = 5.0,
+        instance_id: str | None = None,
+    ) -> None:
+        self.settings = Settings(
+            service=service,
+            version=version,
+            namespace=namespace,
+            redis_url=redis_url,
+            mesh=mesh,
+            address=address,
+            labels=dict(labels or {}),
+            config_file=Path(config_file) if config_file else None,
+            state_dir=Path(state_dir) if state_dir else None,
+            heartbeat_interval=heartbeat_interval,
+            instance_ttl=instance_ttl,
+            resync_interval=resync_interval,
+        )
+        self._init_runtime(instance_id)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, instance_id: str | None = None) -> Mesh:
+        mesh = cls.__new__(cls)
+        mesh.settings = settings
+        mesh._init_runtime(instance_id)
+        return mesh
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Mesh:
+        """Build from ``MESHWARE_SERVICE``, ``MESHWARE_VERSION``, ``MESHWARE_REDIS_URL``, ...
+
+        Keyword arguments override the environment. Raises :class:`~meshware.ConfigError`
+        naming every bad variable.
+        """
+        return cls.from_settings(Settings.from_env(environ, **overrides))
+
+    def _init_runtime(self, instance_id: str | None) -> None:
+        s = self.settings
+        self.instance_id = instance_id or f"{s.service}-{s.version}-{secrets.token_hex(4)}"
+        self.labels: Mapping[str, str] = s.effective_labels
+        self.keys = Keys(s.mesh)
+        self.started_at = 0.0
+        lkg = None
+        if s.redis_url:
+            state_dir = s.state_dir or default_state_dir()
+            lkg = state_dir / s.mesh / f"{s.namespace}.{s.service}.{s.version}.json"
+        self.watcher = ConfigWatcher(lkg_path=lkg)
+        self._channel: RedisConfigChannel | None = None
+        self._file: FileConfigSource | None = None
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._started = threading.Event()
+        self._lock = threading.Lock()
+
+    # -- what the request path reads -----------------------------------------------------
+
+    @property
+    def service(self) -> str:
+        return self.settings.service
+
+    @property
+    def version(self) -> str:
+        return self.settings.version
+
+    @property
+    def snapshot(self) -> Snapshot:
+        """The applied config version (immutable; replaced whole on every change)."""
+        return self.watcher.snapshot
+
+    @property
+    def config(self) -> MeshConfig:
+        return self.watcher.snapshot.config
+
+    @property
+    def ready(self) -> bool:
+        """True once a config is loaded, or the control plane confirmed there is none yet."""
+        if self.watcher.snapshot.loaded:
+            return True
+        channel = self._channel
+        return channel is not None and channel.synced_once.is_set()
+
+    @property
+    def connected(self) -> bool:
+        channel = self._channel
+        return channel is not None and channel.connected.is_set()
+
+    def record(self) -> InstanceRecord:
+        """This instance's registry record, as published on every heartbeat."""
+        s = self.settings
+        snap = self.watcher.snapshot
+        nack = self.watcher.nack
+        return InstanceRecord(
+            instance=self.instance_id,
+            service=s.service,
+            version=s.version,
+            namespace=s.namespace,
+            address=s.address,
+            labels=self.labels,
+            pid=os.getpid(),
+            hostname=socket.gethostname(),
+            started_at=self.started_at,
+            ttl=s.instance_ttl,
+            config_epoch=snap.epoch if snap.source in ("redis", "disk") else "",
+            config_version=snap.version if snap.source in ("redis", "disk") else 0,
+            config_digest=snap.digest,
+            config_source=snap.source,
+            nack_epoch=nack.epoch if nack else "",
+            nack_version=nack.version if nack else 0,
+            nack_reason=nack.reason if nack else "",
+        )
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self, *, wait: float = 2.0) -> Mesh:
+        """Start the runtime thread; wait up to ``wait`` s for the first sync with Redis.
+
+        Returns early once synced. When Redis is unreachable the mesh starts anyway, serving
+        its on-disk last-known-good config, and keeps reconnecting in the background.
+        """
+        with self._lock:
+            if self._thread is not None:
+                raise MeshStateError(f"mesh instance {self.instance_id} is already started")
+            self.started_at = time.time()
+            if self.settings.redis_url and self.watcher.load_last_known_good():
+                log.info("starting from last-known-good config v%s", self.watcher.snapshot.version)
+            self._thread = threading.Thread(
+                target=self._run, name=f"meshware-{self.instance_id}", daemon=True
+            )
+            self._thread.start()
+        self._started.wait(timeout=5.0)
+        channel = self._channel
+        loop = self._loop
+        if channel is not None and loop is not None and wait > 0:
+            deadline = time.monotonic() + wait
+            while time.monotonic() < deadline and not channel.synced_once.is_set():
+                time.sleep(0.005)
+        if self._file is not None:
+            self._file.poll()
+        return self
+
+    def stop(self, *, timeout: float = 5.0) -> None:
+        """Stop background work and deregister from the registry. Idempotent."""
+        with self._lock:
+            thread, loop = self._thread, self._loop
+            if thread is None or loop is None:
+                return
+            if loop.is_running():
+                loop.call_soon_threadsafe(self._cancel_tasks)
+            thread.join(timeout)
+            self._thread = None
+            self._loop = None
+            self._started.clear()
+
+    def _cancel_tasks(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+
+    def _run(self) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        try:
+            loop.run_until_complete(self._main())
+        finally:
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+
+    async def _main(self) -> None:
+        s = self.settings
+        if s.redis_url:
+            self._channel = RedisConfigChannel(
+                url=s.redis_url,
+                keys=self.keys,
+                watcher=self.watcher,
+                record=self.record,
+                heartbeat_interval=s.heartbeat_interval,
+                resync_interval=s.resync_interval,
+            )
+            self._tasks.append(asyncio.create_task(self._channel.run(), name="meshware-config"))
+        elif s.config_file is not None:
+            self._file = FileConfigSource(s.config_file, self.watcher)
+            self._file.poll()
+            self._tasks.append(asyncio.create_task(self._file.run(), name="meshware-config-file"))
+        else:
+            log.warning(
+                "mesh %s runs without a control plane (no redis_url, no config_file)",
+                self.instance_id,
+            )
+        self._started.set()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+
+    def __enter__(self) -> Mesh:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app: object) -> AsyncIterator[None]:
+        """ASGI lifespan: ``FastAPI(lifespan=mesh.lifespan)`` starts and stops the mesh."""
+        await asyncio.to_thread(self.start)
+        try:
+            yield
+        finally:
+            await asyncio.to_thread(self.stop)
+
+    def __repr__(self) -> str:
+        snap = self.snapshot
+        return f"<Mesh {self.instance_id} config=v{snap.version} ({snap.source})>"
