@@ -7,7 +7,8 @@ changes (a reviews VirtualService whose weights change every time):
   the change event included) until the last instance has validated the new version,
   swapped its snapshot and published its ACK;
 * **baseline**: the floor any Redis-based channel pays in the same setup: PUBLISH to the
-  same number of raw subscribers that answer at once on another channel, no validation.
+  same number of raw asyncio subscribers (threads or processes, as the instances) that answer
+  at once on another channel, with no validation and no state.
 
 Instances are in-process (one thread, event loop and pair of Redis connections each, like
 separate processes would hold) or real processes with ``--processes``.
@@ -197,8 +198,60 @@ def run_mesh(
         store.close()
 
 
-def run_baseline(url: str, n: int, applies: int) -> list[float]:
-    """PUBLISH → n raw subscribers (own thread, loop and connections each) → reply seen."""
+BASELINE_SUBSCRIBER = """
+import asyncio, json, sys
+import redis.asyncio
+
+async def main(url, idx):
+    client = redis.asyncio.Redis.from_url(url, decode_responses=True)
+    pubsub = client.pubsub(ignore_subscribe_messages=True)
+    await pubsub.subscribe("baseline:events")
+    print("ready", flush=True)
+    while True:
+        message = await pubsub.get_message(timeout=1.0)
+        if message is not None:
+            seq = int(message["data"])
+            await client.publish("baseline:acks", json.dumps({"seq": seq, "who": idx}))
+
+asyncio.run(main(sys.argv[1], int(sys.argv[2])))
+"""
+
+
+def _run_baseline_processes(url: str, n: int, applies: int) -> list[float]:
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", BASELINE_SUBSCRIBER, url, str(i)], stdout=subprocess.PIPE
+        )
+        for i in range(n)
+    ]
+    collector = AckCollector(url, "baseline:acks", "seq")
+    publisher = redis.Redis.from_url(url)
+    latencies: list[float] = []
+    try:
+        for proc in procs:
+            assert proc.stdout is not None
+            proc.stdout.readline()
+        time.sleep(0.3)
+        for seq in range(applies):
+            start = time.perf_counter()
+            publisher.publish("baseline:events", str(seq))
+            arrivals = collector.wait(seq, n)
+            latencies.append((max(arrivals) - start) * 1000)
+            time.sleep(0.02)
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(timeout=10)
+        collector.close()
+        publisher.close()
+    return latencies
+
+
+def run_baseline(url: str, n: int, applies: int, processes: bool) -> list[float]:
+    """PUBLISH → n raw asyncio subscribers (own connections each) → their replies seen."""
+    if processes:
+        return _run_baseline_processes(url, n, applies)
     ready = threading.Barrier(n + 1)
     stop = threading.Event()
 
@@ -259,7 +312,7 @@ def main() -> None:
             mesh_all, mesh_each = run_mesh(
                 server.url, n, args.applies, args.processes, Path(tmp) / str(n)
             )
-            base = run_baseline(server.url, n, args.applies)
+            base = run_baseline(server.url, n, args.applies, args.processes)
             rows.append(
                 {
                     "instances": n,

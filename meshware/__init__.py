@@ -1,5 +1,7 @@
 """meshware: a proxyless service mesh for Python web services."""
 
+import logging
+
 from meshware.config.model.mesh import MeshConfig
 from meshware.config.watch import Snapshot
 from meshware.errors import (
@@ -15,6 +17,8 @@ from meshware.mesh import Mesh
 from meshware.settings import Settings
 
 __version__ = "0.1.0"
+
+logging.getLogger("meshware").addHandler(logging.NullHandler())
 
 __all__ = [
     "ApplyConflictError",

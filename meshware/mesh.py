@@ -31,6 +31,7 @@ from meshware.errors import MeshStateError
 from meshware.settings import Settings, default_state_dir
 
 log = logging.getLogger("meshware")
+_HOSTNAME = socket.gethostname()
 
 
 class Mesh:
@@ -154,7 +155,7 @@ class Mesh:
             address=s.address,
             labels=self.labels,
             pid=os.getpid(),
-            hostname=socket.gethostname(),
+            hostname=_HOSTNAME,
             started_at=self.started_at,
             ttl=s.instance_ttl,
             config_epoch=snap.epoch if snap.source in ("redis", "disk") else "",

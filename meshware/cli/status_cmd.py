@@ -21,7 +21,7 @@ def _snapshot(ctx: CliContext) -> tuple[ConfigHead | None, list[InstanceStatus]]
     return current, list_instances(store.client, store.keys, current, url=store.url)
 
 
-def _render_table(current: ConfigHead | None, instances: list[InstanceStatus]) -> None:
+def render_status(current: ConfigHead | None, instances: list[InstanceStatus]) -> None:
     if current is None:
         out.print("control plane: no config applied", highlight=False)
     else:
@@ -33,34 +33,32 @@ def _render_table(current: ConfigHead | None, instances: list[InstanceStatus]) -
         out.print("no live instances", highlight=False)
         return
     table = Table(box=None, pad_edge=False)
-    for column in (
-        "SERVICE",
-        "VERSION",
-        "INSTANCE",
-        "ADDRESS",
-        "CONFIG",
-        "STATE",
-        "HEARTBEAT",
-        "REASON",
-    ):
-        table.add_column(column)
+    for column in ("SERVICE", "VERSION", "INSTANCE", "ADDRESS", "CONFIG", "STATE", "HEARTBEAT"):
+        table.add_column(column, no_wrap=True)
+    reasons: dict[str, list[str]] = {}
     for status in instances:
         r = status.record
         style = _STATE_STYLE.get(status.state, "")
         config = f"v{r.config_version}" if r.config_version else "-"
         if r.config_source == "disk":
             config += " (disk)"
+        state = f"[{style}]{status.state}[/]"
+        if status.reason:
+            reasons.setdefault(status.reason, []).append(r.instance)
+            state += f" [dim]\\[{list(reasons).index(status.reason) + 1}][/]"
         table.add_row(
             r.service,
             r.version,
             r.instance,
             r.address or "-",
             config,
-            f"[{style}]{status.state}[/]",
-            f"{status.heartbeat_age:.1f}s ago",
-            status.reason.splitlines()[0] if status.reason else "",
+            state,
+            f"{status.heartbeat_age:.1f}s",
         )
     out.print(table)
+    for number, (reason, _) in enumerate(reasons.items(), start=1):
+        out.print(f"[dim]\\[{number}][/] ", end="")
+        out.print(reason, highlight=False, markup=False)
 
 
 @click.command()
@@ -92,7 +90,7 @@ def status(ctx: CliContext, fmt: str, wait_synced: float | None) -> None:
     if fmt == "json":
         click.echo(dump_json([s.to_json() for s in instances]))
     else:
-        _render_table(current, instances)
+        render_status(current, instances)
     if wait_synced is not None and not all(s.state == "SYNCED" for s in instances):
         pending = sum(1 for s in instances if s.state != "SYNCED")
         click.echo(f"error: {pending} instance(s) not SYNCED after {wait_synced:g}s", err=True)

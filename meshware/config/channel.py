@@ -24,13 +24,15 @@ import redis.asyncio
 from meshware.config.connection import async_client, for_hset, redact, text, text_map
 from meshware.config.keys import Keys
 from meshware.config.parse import load_files
-from meshware.config.record import ConfigRecord, canonical_json, digest_documents
+from meshware.config.record import ConfigRecord, digest_documents
 from meshware.config.registry import InstanceRecord
 from meshware.config.store import normalise_document
 from meshware.config.watch import ConfigWatcher, Outcome
 from meshware.errors import ConfigError
 
 log = logging.getLogger("meshware.config")
+
+LKG_SAVE_DELAY = 1.0
 
 
 class Backoff:
@@ -76,11 +78,13 @@ class RedisConfigChannel:
         self.heartbeat_interval = heartbeat_interval
         self.resync_interval = resync_interval
         self._clock = clock
-        self._backoff = Backoff(rng=rng)
+        self._rng = rng or random.Random()
+        self._backoff = Backoff(rng=self._rng)
         self.connected = asyncio.Event()
         self.synced_once = asyncio.Event()
         """Set after the first successful look at the control plane (config or none)."""
         self.last_error = ""
+        self._save_pending: asyncio.TimerHandle | None = None
 
     async def run(self) -> None:
         """Run until cancelled; on cancellation deregister the instance (best effort)."""
@@ -111,8 +115,8 @@ class RedisConfigChannel:
             self._backoff.reset()
             self.last_error = ""
             now = self._clock()
-            next_heartbeat = now + self.heartbeat_interval
-            next_resync = now + self.resync_interval
+            next_heartbeat = now + self._jittered(self.heartbeat_interval)
+            next_resync = now + self._jittered(self.resync_interval)
             while True:
                 timeout = max(0.0, min(next_heartbeat, next_resync) - self._clock())
                 message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=timeout)
@@ -121,10 +125,10 @@ class RedisConfigChannel:
                 now = self._clock()
                 if now >= next_resync:
                     await self.resync(client, full=False)
-                    next_resync = now + self.resync_interval
+                    next_resync = now + self._jittered(self.resync_interval)
                 if now >= next_heartbeat:
                     await self._publish_record(client)
-                    next_heartbeat = now + self.heartbeat_interval
+                    next_heartbeat = now + self._jittered(self.heartbeat_interval)
         finally:
             await _close(pubsub)
 
@@ -132,20 +136,36 @@ class RedisConfigChannel:
         try:
             event = json.loads(data) if isinstance(data, str) else {}
             epoch, version = str(event["epoch"]), int(event["version"])
+            digest = str(event.get("digest", ""))
         except (ValueError, KeyError, TypeError):
             await self.resync(client, full=True)  # an unreadable hint still means "look"
             return
-        if self.watcher.wants(epoch, version):
-            await self.resync(client, full=True)
+        if not self.watcher.wants(epoch, version, digest):
+            return
+        if "documents" in event:
+            # Small versions travel inside the event, written in the same transaction as
+            # the hash: applying it saves a round trip. The periodic resync compares the
+            # digest too, so an event that disagreed with the hash would still be corrected.
+            try:
+                record = ConfigRecord.from_hash({k: str(v) for k, v in event.items()})
+            except ValueError:
+                await self.resync(client, full=True)
+                return
+            await self._report(client, self.watcher.offer(record), record)
+            return
+        await self.resync(client, full=True)
 
     async def resync(self, client: redis.asyncio.Redis, *, full: bool) -> None:
         """Compare with the control plane and fetch + apply the current version if it differs."""
         if not full:
-            raw_epoch, raw_version = await client.hmget(self.keys.config, ["epoch", "version"])
+            raw_epoch, raw_version, raw_digest = await client.hmget(
+                self.keys.config, ["epoch", "version", "digest"]
+            )
             if raw_epoch is None:
                 return  # nothing applied (or Redis emptied): keep serving what we hold
             try:
-                if not self.watcher.wants(text(raw_epoch), int(text(raw_version) or 0)):
+                version = int(text(raw_version) or 0)
+                if not self.watcher.wants(text(raw_epoch), version, text(raw_digest)):
                     return
             except ValueError:
                 pass
@@ -161,7 +181,7 @@ class RedisConfigChannel:
                 nack = self.watcher.reject(epoch, version, str(exc))
                 await self._publish_record(client, ack=("nack", nack.epoch, nack.version))
             return
-        if not self.watcher.wants(record.epoch, record.version):
+        if not self.watcher.wants(record.epoch, record.version, record.digest):
             return
         outcome = self.watcher.offer(record)
         await self._report(client, outcome, record)
@@ -173,33 +193,61 @@ class RedisConfigChannel:
             return
         await self._publish_record(client, ack=(outcome.result, record.epoch, record.version))
         if outcome.result == "ack":
-            await asyncio.to_thread(self.watcher.save_last_known_good)
+            self._schedule_save()
+
+    def _jittered(self, interval: float, spread: float = 0.2) -> float:
+        """``interval`` ± ``spread``: instances started together must not tick together."""
+        factor: float = 1.0 + spread * (2.0 * self._rng.random() - 1.0)
+        return interval * factor
+
+    def _schedule_save(self) -> None:
+        """Write last-known-good shortly after an ACK, off the path that reports it."""
+        if self._save_pending is None:
+            loop = asyncio.get_running_loop()
+            delay = self._jittered(LKG_SAVE_DELAY, spread=0.5)
+            self._save_pending = loop.call_later(delay, self._save_now)
+
+    def _save_now(self) -> None:
+        # A few kB written on the runtime's own loop (never the application's): cheaper than
+        # a thread hand-off, and only the latest version is written when several arrive.
+        self._save_pending = None
+        self.watcher.save_last_known_good()
 
     async def _publish_record(
         self, client: redis.asyncio.Redis, ack: tuple[str, str, int] | None = None
     ) -> None:
+        """Heartbeat: write this instance's whole record, renew its TTL and its index entry.
+
+        With ``ack``, write only the config fields and announce the ACK/NACK: the path that
+        reports propagation stays short (the next heartbeat rewrites the rest anyway).
+        """
         record = self._record()
         key = self.keys.instance(record.instance)
-        pipe = client.pipeline(transaction=True)
-        pipe.hset(key, mapping=for_hset(record.to_hash()))
-        pipe.pexpire(key, int(record.ttl * 1000))
-        pipe.zadd(self.keys.instances, {record.instance: int(time.time() * 1000)})
-        if ack is not None:
+        ttl_ms = int(record.ttl * 1000)
+        if ack is None:
+            pipe = client.pipeline(transaction=True)
+            pipe.hset(key, mapping=for_hset(record.to_hash()))
+            pipe.pexpire(key, ttl_ms)
+            pipe.zadd(self.keys.instances, {record.instance: int(time.time() * 1000)})
+        else:
             result, epoch, version = ack
-            pipe.publish(
-                self.keys.acks,
-                canonical_json(
-                    {
-                        "instance": record.instance,
-                        "result": result,
-                        "epoch": epoch,
-                        "version": version,
-                    }
-                ),
-            )
+            event = {
+                "instance": record.instance,
+                "result": result,
+                "epoch": epoch,
+                "version": version,
+            }
+            pipe = client.pipeline(transaction=False)
+            pipe.hset(key, mapping=for_hset(record.config_fields()))
+            pipe.pexpire(key, ttl_ms)
+            pipe.publish(self.keys.acks, json.dumps(event))
         await pipe.execute()
 
     async def _deregister(self) -> None:
+        if self._save_pending is not None:
+            self._save_pending.cancel()
+            self._save_pending = None
+            self.watcher.save_last_known_good()
         record = self._record()
         client = async_client(self.url, timeout=1.0)
         try:

@@ -6,6 +6,7 @@ on arrival, so a document written into Redis by hand cannot skip validation.
 
 from __future__ import annotations
 
+import getpass
 import hashlib
 import json
 import os
@@ -53,7 +54,10 @@ def sort_documents(documents: Sequence[RawDocument]) -> tuple[RawDocument, ...]:
 
 
 def default_actor() -> str:
-    user = os.environ.get("USER") or os.environ.get("LOGNAME") or "unknown"
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
     return f"{user}@{os.uname().nodename}"
 
 

@@ -68,6 +68,18 @@ class InstanceRecord:
             "draining": "1" if self.draining else "0",
         }
 
+    def config_fields(self) -> dict[str, str]:
+        """Only the fields an ACK/NACK changes."""
+        return {
+            "config_epoch": self.config_epoch,
+            "config_version": str(self.config_version),
+            "config_digest": self.config_digest,
+            "config_source": self.config_source,
+            "nack_epoch": self.nack_epoch,
+            "nack_version": str(self.nack_version),
+            "nack_reason": self.nack_reason,
+        }
+
     @classmethod
     def from_hash(cls, data: Mapping[str, str]) -> InstanceRecord:
         """Decode a record; tolerant of missing optional fields, ``ValueError`` on garbage."""

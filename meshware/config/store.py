@@ -203,6 +203,8 @@ class ConfigStore:
         """Merge ``documents`` into the current config (create or replace by kind/name)."""
         incoming = [normalise_document(d.body) for d in documents]
         sources = {document_key(n): d for n, d in zip(incoming, documents, strict=True)}
+        sources_as_docs = {document_key(n): n for n in incoming}
+        check_documents(documents)
 
         def mutate(
             head: ConfigHead | None, current: ConfigRecord | None
@@ -211,8 +213,6 @@ class ConfigStore:
             merged.update(sources_as_docs)
             return list(merged.values()), "apply", set(sources_as_docs)
 
-        sources_as_docs = {document_key(n): n for n in incoming}
-        check_documents(documents)
         return self._change(mutate, dry_run=dry_run, actor=actor, origins=sources)
 
     def delete(
@@ -307,16 +307,7 @@ class ConfigStore:
                         pipe.delete(self.keys.history)
                     pipe.lpush(self.keys.history, record.to_json())
                     pipe.ltrim(self.keys.history, 0, HISTORY_LIMIT - 1)
-                    pipe.publish(
-                        self.keys.events,
-                        canonical_json(
-                            {
-                                "epoch": record.epoch,
-                                "version": record.version,
-                                "digest": record.digest,
-                            }
-                        ),
-                    )
+                    pipe.publish(self.keys.events, _event(record))
                     pipe.execute()
                     return ChangeResult(changes, record, current, config)
                 except redis.WatchError:
@@ -340,6 +331,19 @@ class ConfigStore:
             else:
                 docs.append(Document(body, stored_as, i))
         return parse_documents(docs)
+
+
+EVENT_INLINE_LIMIT = 64 * 1024
+
+
+def _event(record: ConfigRecord) -> str:
+    """The change event: the whole record when small (saves every instance a fetch)."""
+    full = record.to_hash()
+    if len(full["documents"]) <= EVENT_INLINE_LIMIT:
+        return canonical_json(full)
+    return canonical_json(
+        {"epoch": record.epoch, "version": record.version, "digest": record.digest}
+    )
 
 
 def check_documents(documents: Sequence[Document]) -> None:

@@ -87,10 +87,19 @@ class ConfigWatcher:
 
     # -- decisions -----------------------------------------------------------------------
 
-    def wants(self, epoch: str, version: int) -> bool:
-        """Should the announced (epoch, version) be fetched? Compared for equality only."""
+    def wants(self, epoch: str, version: int, digest: str = "") -> bool:
+        """Should the announced (epoch, version) be fetched? Compared for equality only.
+
+        A known ``digest`` that differs from the held one also counts as new, so content that
+        changed under an unchanged number (a tampered hash) is looked at again.
+        """
         held = self.snapshot
-        if held.source == "redis" and held.epoch == epoch and held.version == version:
+        if (
+            held.source == "redis"
+            and held.epoch == epoch
+            and held.version == version
+            and (not digest or digest == held.digest)
+        ):
             return False
         nack = self.nack
         return not (nack is not None and nack.epoch == epoch and nack.version == version)

@@ -4,7 +4,6 @@ model with Istio's semantics, and every mistake is reported at its field path.""
 from __future__ import annotations
 
 import textwrap
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,7 +28,7 @@ from meshware.config.model.networking import (
 )
 from meshware.config.parse import Document, load_files, load_yaml, parse_documents
 from meshware.errors import ConfigError, Problem
-from tests.helpers import VALID
+from tests.helpers import manifest, valid_manifests
 
 # -- helpers ----------------------------------------------------------------------------------
 
@@ -43,7 +42,7 @@ def parse_body(body: dict[str, Any]) -> MeshConfig:
 
 
 def parse_valid(*names: str) -> MeshConfig:
-    return parse_documents(load_files([VALID / name for name in names]))
+    return parse_documents(load_files([manifest(name) for name in names]))
 
 
 def problems_of(body: dict[str, Any]) -> list[Problem]:
@@ -266,7 +265,7 @@ def test_every_networking_api_version_is_served(version: str) -> None:
 
 def test_every_valid_file_parses() -> None:
     """Each networking file applies on its own next to the Bookinfo DestinationRules."""
-    for path in sorted(Path(VALID).glob("*.yaml")):
+    for path in valid_manifests():
         names = ["destination-rule-all.yaml"]
         if path.name != names[0]:
             names.append(path.name)

@@ -15,11 +15,11 @@ from meshware.cli.main import cli
 from meshware.config.parse import load_files
 from meshware.config.store import ConfigStore, normalise_document
 from meshware.embedded_redis import RedisServer
-from tests.helpers import VALID
+from tests.helpers import BOOKINFO
 
-DESTINATION_RULES = str(VALID / "destination-rule-all.yaml")
-REVIEWS_90_10 = str(VALID / "virtual-service-reviews-90-10.yaml")
-REVIEWS_JASON = str(VALID / "virtual-service-reviews-jason-v2-v3.yaml")
+DESTINATION_RULES = str(BOOKINFO / "destination-rule-all.yaml")
+REVIEWS_90_10 = str(BOOKINFO / "virtual-service-reviews-90-10.yaml")
+REVIEWS_JASON = str(BOOKINFO / "virtual-service-reviews-jason-v2-v3.yaml")
 
 Meshctl = Callable[..., Result]
 

@@ -17,7 +17,7 @@ import pytest
 import redis
 
 from meshware.embedded_redis import RedisServer
-from tests.helpers import MALFORMED, VALID
+from tests.helpers import BOOKINFO, MALFORMED
 
 FILES = sorted(MALFORMED.glob("*.yaml"))
 
@@ -62,7 +62,7 @@ def seeded_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
                 server.url,
                 "apply",
                 "-f",
-                str(VALID / "destination-rule-all.yaml"),
+                str(BOOKINFO / "destination-rule-all.yaml"),
             ],
             capture_output=True,
             text=True,

@@ -9,21 +9,29 @@ import subprocess
 import sys
 import textwrap
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 
+import httpx
 import pytest
 import redis
 from click.testing import Result
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse
+from starlette.routing import Route
 
 from meshware import ConfigError, Mesh
+from meshware.config.model.networking import VirtualService
 from meshware.config.parse import load_files
 from meshware.config.store import ConfigStore
 from meshware.embedded_redis import RedisServer
-from tests.helpers import VALID, wait_until
+from tests.helpers import BOOKINFO, wait_until
+from tests.servers import serve_asgi
 
-DESTINATION_RULES = VALID / "destination-rule-all.yaml"
-REVIEWS_90_10 = VALID / "virtual-service-reviews-90-10.yaml"
-REVIEWS_JASON = VALID / "virtual-service-reviews-jason-v2-v3.yaml"
+DESTINATION_RULES = BOOKINFO / "destination-rule-all.yaml"
+REVIEWS_90_10 = BOOKINFO / "virtual-service-reviews-90-10.yaml"
+REVIEWS_JASON = BOOKINFO / "virtual-service-reviews-jason-v2-v3.yaml"
 
 MeshFactory = Callable[..., Mesh]
 Meshctl = Callable[..., Result]
@@ -121,25 +129,48 @@ def test_crashed_instance_expires(redis_url: str, meshctl: Meshctl, tmp_path: Pa
         proc.wait(timeout=10)
 
 
+def _config_app(mesh: Mesh) -> Starlette:
+    """A real app whose answer depends on the mesh config it holds."""
+
+    async def routes(request: Request) -> JSONResponse:
+        snapshot = mesh.snapshot
+        weights = {
+            vs.metadata.name: [d.weight for d in vs.spec.http[-1].route]
+            for vs in snapshot.config.of(VirtualService)
+        }
+        return JSONResponse({"version": snapshot.version, "weights": weights})
+
+    return Starlette(routes=[Route("/routes", routes)], lifespan=mesh.lifespan)
+
+
 def test_redis_outage_keeps_snapshot_and_catches_up(make_mesh: MeshFactory, tmp_path: Path) -> None:
     server = RedisServer(directory=tmp_path / "persistent", persistence=True).start()
     try:
-        meshes = [make_mesh("reviews", v, redis_url=server.url).start() for v in ("v1", "v2", "v3")]
-        v1 = apply(server.url, DESTINATION_RULES, REVIEWS_90_10)
-        assert wait_until(all_at(meshes, v1))
-        epoch = meshes[0].snapshot.epoch
+        meshes = [make_mesh("reviews", v, redis_url=server.url) for v in ("v1", "v2", "v3")]
+        with ExitStack() as stack:
+            urls = [stack.enter_context(serve_asgi(_config_app(m))) for m in meshes]
+            v1 = apply(server.url, DESTINATION_RULES, REVIEWS_90_10)
+            assert wait_until(all_at(meshes, v1))
+            epoch = meshes[0].snapshot.epoch
 
-        server.stop()
-        assert wait_until(lambda: not any(m.connected for m in meshes))
-        for m in meshes:  # still serving the same config
-            assert m.snapshot.version == v1
-            assert len(m.config) == 5
-            assert m.ready
+            server.stop()
+            assert wait_until(lambda: not any(m.connected for m in meshes))
+            with httpx.Client(timeout=5) as client:
+                for _ in range(20):  # the apps keep answering from the held snapshot
+                    for url in urls:
+                        body = client.get(f"{url}/routes").json()
+                        assert body == {"version": v1, "weights": {"reviews": [90, 10]}}
+            for m in meshes:
+                assert len(m.config) == 5
+                assert m.ready
 
-        server.start()  # same data (AOF), same epoch
-        v2 = apply(server.url, REVIEWS_JASON)
-        assert v2 == v1 + 1
-        assert wait_until(all_at(meshes, v2, epoch), timeout=15)
+            server.start()  # same data (AOF), same epoch
+            v2 = apply(server.url, REVIEWS_JASON)
+            assert v2 == v1 + 1
+            assert wait_until(all_at(meshes, v2, epoch), timeout=15)
+            with httpx.Client(timeout=5) as client:
+                for url in urls:
+                    assert client.get(f"{url}/routes").json()["version"] == v2
     finally:
         server.close()
 
@@ -331,11 +362,6 @@ def test_from_env(monkeypatch: pytest.MonkeyPatch, redis_url: str, tmp_path: Pat
 def test_lifespan_starts_and_stops_the_mesh(
     redis_url: str, tmp_path: Path, meshctl: Meshctl
 ) -> None:
-    from starlette.applications import Starlette
-    from starlette.responses import PlainTextResponse
-    from starlette.routing import Route
-    from starlette.testclient import TestClient
-
     mesh = Mesh(
         "productpage",
         "v1",
@@ -345,14 +371,14 @@ def test_lifespan_starts_and_stops_the_mesh(
         instance_ttl=2,
     )
 
-    async def home(request: object) -> PlainTextResponse:
+    async def home(request: Request) -> PlainTextResponse:
         return PlainTextResponse(f"config v{mesh.snapshot.version}")
 
     app = Starlette(routes=[Route("/", home)], lifespan=mesh.lifespan)
     apply(redis_url, DESTINATION_RULES)
-    with TestClient(app) as client:
+    with serve_asgi(app) as url, httpx.Client(timeout=5) as client:
         assert mesh.running
-        assert wait_until(lambda: client.get("/").text == "config v1")
+        assert wait_until(lambda: client.get(f"{url}/").text == "config v1")
         assert [r["service"] for r in status_json(meshctl)] == ["productpage"]
     assert not mesh.running
     assert status_json(meshctl) == []
