@@ -48,6 +48,9 @@ def _construct_mapping(
     }
 
 
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
 def _timestamp_as_text(loader: _StrictLoader, node: yaml.ScalarNode) -> str:
     return str(loader.construct_scalar(node))
 
