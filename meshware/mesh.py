@@ -196,8 +196,6 @@ class Mesh:
             deadline = time.monotonic() + wait
             while time.monotonic() < deadline and not channel.synced_once.is_set():
                 time.sleep(0.005)
-        if self._file is not None:
-            self._file.poll()
         return self
 
     def stop(self, *, timeout: float = 5.0) -> None:

@@ -12,9 +12,10 @@ import yaml
 from click.testing import CliRunner, Result
 
 from meshware.cli.main import cli
-from meshware.config.parse import load_files
+from meshware.config.parse import Document, load_files
 from meshware.config.store import ConfigStore, normalise_document
 from meshware.embedded_redis import RedisServer
+from meshware.errors import NotFoundError
 from tests.helpers import BOOKINFO
 
 DESTINATION_RULES = str(BOOKINFO / "destination-rule-all.yaml")
@@ -197,3 +198,41 @@ def test_redis_url_from_environment(
         args = ["--redis-url", redis_url, *args]
     assert runner.invoke(cli, args).exit_code == 0
     assert _current_version(redis_url) == 1
+
+
+def test_history_keeps_the_last_hundred_versions(redis_url: str) -> None:
+    store = ConfigStore.from_url(redis_url)
+    try:
+        base = load_files([DESTINATION_RULES])
+        store.apply(base)
+        for weight in range(1, 105):  # versions 2..105
+            doc = {
+                "apiVersion": "networking.istio.io/v1",
+                "kind": "VirtualService",
+                "metadata": {"name": "reviews"},
+                "spec": {
+                    "hosts": ["reviews"],
+                    "http": [
+                        {
+                            "route": [
+                                {
+                                    "destination": {"host": "reviews", "subset": "v1"},
+                                    "weight": 100 - weight % 100,
+                                },
+                                {
+                                    "destination": {"host": "reviews", "subset": "v2"},
+                                    "weight": weight % 100 or 1,
+                                },
+                            ]
+                        }
+                    ],
+                },
+            }
+            assert store.apply([Document(doc, "gen.yaml", 1)]).record is not None
+        versions = [r.version for r in store.history(1000)]
+        assert versions == list(range(105, 5, -1))
+        assert store.rollback(6).record is not None  # the oldest kept version
+        with pytest.raises(NotFoundError):
+            store.rollback(5)
+    finally:
+        store.close()
