@@ -7,7 +7,14 @@
     ├── ControlPlaneError         the config channel (Redis) cannot be used
     │   └── ApplyConflictError    concurrent writers kept changing the config; nothing stored
     ├── NotFoundError             a named resource or config version does not exist
-    └── MeshStateError            the runtime was used in a state that does not allow it
+    ├── MeshStateError            the runtime was used in a state that does not allow it
+    └── MeshTransportError        an outbound call failed inside the mesh (also an
+        │                         ``httpx.TransportError``, so httpx users catch it as usual)
+        ├── NoRouteError          no route matched the request (Envoy's "NR")
+        ├── EgressBlockedError    the host is outside the mesh and egress is REGISTRY_ONLY
+        ├── NoHealthyUpstreamError  no endpoint of the destination can take the request
+        ├── UpstreamOverflowError the destination's pending-request limit is reached
+        └── UpstreamTimeoutError  the route's overall timeout expired (an httpx.TimeoutException)
 
 Foreign exceptions (``redis.RedisError``, ``yaml.YAMLError``, ``OSError``) are translated at
 the boundary with ``raise ... from exc`` so callers only ever catch these.
@@ -17,6 +24,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+
+import httpx
 
 
 class MeshwareError(Exception):
@@ -84,3 +93,40 @@ class NotFoundError(MeshwareError):
 
 class MeshStateError(MeshwareError):
     """The mesh runtime was used in a state that does not allow it (e.g. started twice)."""
+
+
+class MeshTransportError(MeshwareError, httpx.TransportError):
+    """An outbound request failed inside the mesh, before or instead of an upstream answer."""
+
+    response_flag = ""
+    """Envoy's response flag for this failure (``NR``, ``UH``, ``UO``, ...), for telemetry."""
+
+
+class NoRouteError(MeshTransportError):
+    """No route of the destination's VirtualService matched the request."""
+
+    response_flag = "NR"
+
+
+class EgressBlockedError(MeshTransportError):
+    """The host is not in the mesh registry and outbound traffic is REGISTRY_ONLY."""
+
+    response_flag = "NR"
+
+
+class NoHealthyUpstreamError(MeshTransportError):
+    """Every endpoint of the destination is missing, ejected, draining or failed."""
+
+    response_flag = "UH"
+
+
+class UpstreamOverflowError(MeshTransportError):
+    """The destination's connection pool is full and its pending-request limit reached."""
+
+    response_flag = "UO"
+
+
+class UpstreamTimeoutError(MeshTransportError, httpx.TimeoutException):
+    """The route's overall timeout (retries included) expired before a response arrived."""
+
+    response_flag = "UT"

@@ -20,15 +20,22 @@ import time
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
+
+import httpx
 
 from meshware.config.channel import FileConfigSource, RedisConfigChannel
+from meshware.config.discovery import EMPTY_TABLE, EndpointTable, EndpointWatcher
 from meshware.config.keys import Keys
 from meshware.config.model.mesh import MeshConfig
 from meshware.config.registry import InstanceRecord
 from meshware.config.watch import ConfigWatcher, Snapshot
 from meshware.errors import MeshStateError
+from meshware.routing.table import RouteTable
 from meshware.settings import Settings, default_state_dir
+from meshware.transport.aio import AsyncMeshTransport
+from meshware.transport.outbound import OutboundPolicy
+from meshware.transport.sync import MeshTransport
 
 log = logging.getLogger("meshware")
 _HOSTNAME = socket.gethostname()
@@ -58,6 +65,8 @@ class Mesh:
         instance_ttl: float = 10.0,
         resync_interval: float = 5.0,
         instance_id: str | None = None,
+        outbound_traffic_policy: OutboundPolicy = "ALLOW_ANY",
+        discovery_interval: float = 1.0,
     ) -> None:
         self.settings = Settings(
             service=service,
@@ -72,6 +81,8 @@ class Mesh:
             heartbeat_interval=heartbeat_interval,
             instance_ttl=instance_ttl,
             resync_interval=resync_interval,
+            outbound_traffic_policy=outbound_traffic_policy,
+            discovery_interval=discovery_interval,
         )
         self._init_runtime(instance_id)
 
@@ -101,7 +112,9 @@ class Mesh:
         if s.redis_url:
             state_dir = s.state_dir or default_state_dir()
             lkg = state_dir / s.mesh / f"{s.namespace}.{s.service}.{s.version}.json"
-        self.watcher = ConfigWatcher(lkg_path=lkg)
+        self._routes = RouteTable.EMPTY
+        self.watcher = ConfigWatcher(lkg_path=lkg, on_change=self._compile)
+        self._endpoints: EndpointWatcher | None = None
         self._channel: RedisConfigChannel | None = None
         self._file: FileConfigSource | None = None
         self._thread: threading.Thread | None = None
@@ -128,6 +141,50 @@ class Mesh:
     @property
     def config(self) -> MeshConfig:
         return self.watcher.snapshot.config
+
+    @property
+    def namespace(self) -> str:
+        return self.settings.namespace
+
+    @property
+    def outbound_traffic_policy(self) -> OutboundPolicy:
+        return cast(OutboundPolicy, self.settings.outbound_traffic_policy)
+
+    @property
+    def route_table(self) -> RouteTable:
+        """Routes compiled from the applied config (replaced whole on every change)."""
+        return self._routes
+
+    @property
+    def endpoint_table(self) -> EndpointTable:
+        """Live endpoints of every service, from the registry (replaced whole on change)."""
+        watcher = self._endpoints
+        return watcher.table if watcher is not None else EMPTY_TABLE
+
+    def _compile(self, snapshot: Snapshot) -> None:
+        self._routes = RouteTable.compile(snapshot.config)
+
+    # -- outbound clients ----------------------------------------------------------------
+
+    def transport(self, **options: Any) -> MeshTransport:
+        """A synchronous mesh transport, for building your own ``httpx.Client``."""
+        return MeshTransport(self, **options)
+
+    def async_transport(self, **options: Any) -> AsyncMeshTransport:
+        """An asyncio mesh transport, for building your own ``httpx.AsyncClient``."""
+        return AsyncMeshTransport(self, **options)
+
+    def client(self, **httpx_options: Any) -> httpx.Client:
+        """An ``httpx.Client`` whose requests to mesh services are routed by the mesh.
+
+        Create one per process (or per thread pool) and reuse it: it holds one connection
+        pool per endpoint. Safe to share across the threads of a WSGI server.
+        """
+        return httpx.Client(transport=self.transport(), **httpx_options)
+
+    def async_client(self, **httpx_options: Any) -> httpx.AsyncClient:
+        """An ``httpx.AsyncClient`` whose requests to mesh services are routed by the mesh."""
+        return httpx.AsyncClient(transport=self.async_transport(), **httpx_options)
 
     @property
     def ready(self) -> bool:
@@ -236,6 +293,12 @@ class Mesh:
                 resync_interval=s.resync_interval,
             )
             self._tasks.append(asyncio.create_task(self._channel.run(), name="meshware-config"))
+            self._endpoints = EndpointWatcher(
+                url=s.redis_url, keys=self.keys, interval=s.discovery_interval
+            )
+            self._tasks.append(
+                asyncio.create_task(self._endpoints.run(), name="meshware-endpoints")
+            )
         elif s.config_file is not None:
             self._file = FileConfigSource(s.config_file, self.watcher)
             self._file.poll()

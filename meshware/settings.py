@@ -40,6 +40,8 @@ class Settings:
     heartbeat_interval: float = 2.0
     instance_ttl: float = 10.0
     resync_interval: float = 5.0
+    outbound_traffic_policy: str = "ALLOW_ANY"
+    discovery_interval: float = 1.0
 
     def __post_init__(self) -> None:
         problems: list[Problem] = []
@@ -75,9 +77,11 @@ class Settings:
                 bad("redis_url", str(exc))
         if self.redis_url and self.config_file:
             bad("config_file", "use either a Redis control plane or a local config file, not both")
-        for name in ("heartbeat_interval", "instance_ttl", "resync_interval"):
+        for name in ("heartbeat_interval", "instance_ttl", "resync_interval", "discovery_interval"):
             if getattr(self, name) <= 0:
                 bad(name, "must be positive")
+        if self.outbound_traffic_policy not in ("ALLOW_ANY", "REGISTRY_ONLY"):
+            bad("outbound_traffic_policy", "must be ALLOW_ANY or REGISTRY_ONLY")
         if self.instance_ttl <= self.heartbeat_interval:
             bad("instance_ttl", "must be longer than heartbeat_interval")
         if problems:
@@ -103,6 +107,7 @@ class Settings:
             "redis_url": "MESHWARE_REDIS_URL",
             "mesh": "MESHWARE_MESH",
             "address": "MESHWARE_ADDRESS",
+            "outbound_traffic_policy": "MESHWARE_OUTBOUND_TRAFFIC_POLICY",
         }
         for name, var in simple.items():
             if env.get(var):

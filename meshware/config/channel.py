@@ -10,7 +10,6 @@ never touches the held snapshot: the instance keeps serving and reconnects with 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import random
@@ -21,7 +20,14 @@ from pathlib import Path
 import redis
 import redis.asyncio
 
-from meshware.config.connection import async_client, for_hset, redact, text, text_map
+from meshware.config.connection import (
+    aclose_quietly,
+    async_client,
+    for_hset,
+    redact,
+    text,
+    text_map,
+)
 from meshware.config.keys import Keys
 from meshware.config.parse import load_files
 from meshware.config.record import ConfigRecord, digest_documents
@@ -99,7 +105,7 @@ class RedisConfigChannel:
                     self.last_error = str(exc)
                 finally:
                     self.connected.clear()
-                    await _close(client)
+                    await aclose_quietly(client)
                 await asyncio.sleep(self._backoff.next())
         finally:
             await self._deregister()
@@ -110,6 +116,7 @@ class RedisConfigChannel:
             await pubsub.subscribe(self.keys.events)
             await self.resync(client, full=True)
             await self._publish_record(client)
+            await self.announce(client, "registered")
             self.connected.set()
             self.synced_once.set()
             self._backoff.reset()
@@ -130,7 +137,7 @@ class RedisConfigChannel:
                     await self._publish_record(client)
                     next_heartbeat = now + self._jittered(self.heartbeat_interval)
         finally:
-            await _close(pubsub)
+            await aclose_quietly(pubsub)
 
     async def _on_event(self, client: redis.asyncio.Redis, data: object) -> None:
         try:
@@ -243,6 +250,13 @@ class RedisConfigChannel:
             pipe.publish(self.keys.acks, json.dumps(event))
         await pipe.execute()
 
+    async def announce(self, client: redis.asyncio.Redis, what: str) -> None:
+        """Hint every instance's endpoint watcher to refresh now (registered, draining, ...)."""
+        record = self._record()
+        await client.publish(
+            self.keys.instance_events, json.dumps({"instance": record.instance, "event": what})
+        )
+
     async def _deregister(self) -> None:
         if self._save_pending is not None:
             self._save_pending.cancel()
@@ -254,13 +268,17 @@ class RedisConfigChannel:
             pipe = client.pipeline(transaction=True)
             pipe.delete(self.keys.instance(record.instance))
             pipe.zrem(self.keys.instances, record.instance)
+            pipe.publish(
+                self.keys.instance_events,
+                json.dumps({"instance": record.instance, "event": "deregistered"}),
+            )
             await asyncio.wait_for(pipe.execute(), timeout=2.0)
         except (redis.RedisError, OSError, TimeoutError) as exc:
             log.debug(
                 "could not deregister %s: %s (its record expires by itself)", record.instance, exc
             )
         finally:
-            await _close(client)
+            await aclose_quietly(client)
 
 
 class FileConfigSource:
@@ -307,8 +325,3 @@ class FileConfigSource:
         while True:
             await asyncio.to_thread(self.poll)
             await asyncio.sleep(self.interval)
-
-
-async def _close(resource: redis.asyncio.Redis | redis.asyncio.client.PubSub) -> None:
-    with contextlib.suppress(redis.RedisError, OSError, RuntimeError):
-        await resource.aclose()

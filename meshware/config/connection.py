@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -93,3 +93,9 @@ def text_map(reply: Mapping[Any, Any]) -> dict[str, str]:
 def for_hset(values: Mapping[str, str]) -> Mapping[Any, Any]:
     """Hand a ``dict[str, str]`` to redis-py's loosely typed ``hset(mapping=...)``."""
     return values
+
+
+async def aclose_quietly(resource: redis.asyncio.Redis | redis.asyncio.client.PubSub) -> None:
+    """Close a client or pub/sub connection, ignoring errors (it may already be dead)."""
+    with suppress(redis.RedisError, OSError, RuntimeError):
+        await resource.aclose()

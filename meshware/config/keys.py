@@ -42,6 +42,11 @@ class Keys:
         """Sorted set of instance ids scored by last heartbeat (ms); entries may be stale."""
         return self.prefix + "instances"
 
+    @property
+    def instance_events(self) -> str:
+        """Pub/sub channel: an instance registered, deregistered or changed state (a hint)."""
+        return self.prefix + "instance-events"
+
     def instance(self, instance_id: str) -> str:
         """Hash describing one live instance; expires unless heartbeats renew it."""
         return self.prefix + "instance:" + instance_id

@@ -1,0 +1,1 @@
+"""Resilience decisions without I/O: retries, budgets, outlier ejection, limits, faults, mirrors."""

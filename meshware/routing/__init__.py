@@ -1,0 +1,1 @@
+"""Routing decisions without I/O: request matching, weighted and sticky picks, balancing."""

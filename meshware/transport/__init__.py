@@ -1,0 +1,1 @@
+"""The outbound data plane: httpx transports that route logical service names."""

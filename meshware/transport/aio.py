@@ -1,0 +1,232 @@
+"""``AsyncMeshTransport``: the mesh as an asyncio httpx transport (for ASGI apps).
+
+The same loop as :mod:`meshware.transport.sync` with asyncio waiting and sleeping; every
+decision is made by the shared :class:`~meshware.transport.outbound.Outbound`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable
+
+import httpx
+
+from meshware.config.model.networking import Destination
+from meshware.errors import MeshTransportError, UpstreamOverflowError, UpstreamTimeoutError
+from meshware.resilience.retry import Outcome
+from meshware.routing.balance import Balancer
+from meshware.transport.outbound import (
+    MeshView,
+    Outbound,
+    Passthrough,
+    Plan,
+    apply_header_operations,
+    outcome_of,
+)
+from meshware.transport.pools import PoolSet
+from meshware.transport.shared import (
+    MAX_MIRRORS_IN_FLIGHT,
+    abort_response,
+    attempt_url,
+    mirror_request,
+    pool_timeout,
+    set_attempt_timeout,
+)
+from meshware.transport.streams import AsyncClosingStream
+
+
+class AsyncMeshTransport(httpx.AsyncBaseTransport):
+    """Routes requests for mesh services; other hosts go to ``passthrough`` unchanged."""
+
+    def __init__(
+        self,
+        mesh: MeshView,
+        *,
+        passthrough: httpx.AsyncBaseTransport | None = None,
+        rng: random.Random | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.outbound = Outbound(mesh, rng=rng, clock=clock)
+        self._clock = clock
+        self._sleep = sleep
+        self._pools: PoolSet[httpx.AsyncHTTPTransport] = PoolSet(
+            lambda limits: httpx.AsyncHTTPTransport(limits=limits)
+        )
+        self._passthrough = passthrough or httpx.AsyncHTTPTransport()
+        self._mirror_tasks: set[asyncio.Task[None]] = set()
+        self._notify_tasks: set[asyncio.Task[None]] = set()
+        self._conditions: dict[int, asyncio.Condition] = {}
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        try:
+            plan = self.outbound.plan(request)
+        except MeshTransportError as exc:
+            exc.request = request
+            raise
+        if isinstance(plan, Passthrough):
+            return await self._passthrough.handle_async_request(request)
+        if plan.fault is not None:
+            if plan.fault.delay:
+                await self._sleep(plan.fault.delay)
+            if plan.fault.abort:
+                return abort_response(plan.fault.abort, request)
+        for destination in plan.mirrors:
+            self._mirror(request, plan, destination)
+        await self._admit(plan, request)
+        try:
+            return await self._send(request, plan)
+        except BaseException:
+            self._release(plan)
+            raise
+
+    # -- admission (connectionPool limits) -------------------------------------------------
+
+    def _condition(self, plan: Plan) -> asyncio.Condition:
+        key = id(plan.state)
+        condition = self._conditions.get(key)
+        if condition is None:
+            condition = self._conditions.setdefault(key, asyncio.Condition())
+        return condition
+
+    async def _admit(self, plan: Plan, request: httpx.Request) -> None:
+        admission = plan.state.admission
+        verdict = admission.try_admit()
+        if verdict == "go":
+            return
+        if verdict == "reject":
+            raise UpstreamOverflowError(
+                f"{plan.decision.service_host}: pending request limit reached", request=request
+            )
+        condition = self._condition(plan)
+        wait = pool_timeout(request)
+        try:
+            async with asyncio.timeout(wait), condition:
+                await condition.wait_for(admission.dequeue)
+        except TimeoutError:
+            admission.abandon()
+            raise UpstreamOverflowError(
+                f"{plan.decision.service_host}: waited {wait:g}s for a free connection",
+                request=request,
+            ) from None
+
+    def _release(self, plan: Plan) -> None:
+        plan.state.admission.release()
+        condition = self._conditions.get(id(plan.state))
+        if condition is not None:
+            task = asyncio.get_running_loop().create_task(self._notify(condition))
+            self._notify_tasks.add(task)
+            task.add_done_callback(self._notify_tasks.discard)
+
+    @staticmethod
+    async def _notify(condition: asyncio.Condition) -> None:
+        async with condition:
+            condition.notify()
+
+    # -- the attempt loop --------------------------------------------------------------------
+
+    async def _send(self, request: httpx.Request, plan: Plan) -> httpx.Response:
+        outbound = self.outbound
+        original_url = request.url
+        deadline = self._clock() + plan.timeout if plan.timeout else None
+        plan.state.budget.deposit()
+        apply_header_operations(request.headers, plan.request_headers)
+        request.headers["host"] = plan.authority
+        attempt = 0
+        try:
+            while True:
+                try:
+                    endpoint = outbound.pick(plan)
+                except MeshTransportError as exc:
+                    exc.request = request
+                    raise
+                timeout = outbound.attempt_timeout(plan, deadline)
+                if timeout is not None and timeout <= 0:
+                    raise UpstreamTimeoutError(
+                        f"upstream request timeout ({plan.timeout:g}s)", request=request
+                    )
+                request.url = attempt_url(original_url, endpoint, plan.path)
+                set_attempt_timeout(request, timeout)
+                pool = self._pools.get(endpoint.address, plan.state.limits.max_connections)
+                balancer = plan.state.balancer
+                balancer.start(endpoint.address)
+                try:
+                    response = await pool.handle_async_request(request)
+                except httpx.TransportError as exc:
+                    balancer.finish(endpoint.address)
+                    outcome = outcome_of(exc)
+                    outbound.record(plan, endpoint, outcome)
+                    attempt += 1
+                    delay = outbound.retry_delay(plan, attempt, outcome, deadline)
+                    if delay is None:
+                        if deadline is not None and self._clock() >= deadline:
+                            raise UpstreamTimeoutError(
+                                f"upstream request timeout ({plan.timeout:g}s)", request=request
+                            ) from exc
+                        raise
+                    await self._sleep(delay)
+                    continue
+                outcome = Outcome("response", response.status_code, sent=True)
+                outbound.record(plan, endpoint, outcome)
+                if response.status_code >= 400:
+                    delay = outbound.retry_delay(plan, attempt + 1, outcome, deadline)
+                    if delay is not None:
+                        attempt += 1
+                        await response.aclose()
+                        balancer.finish(endpoint.address)
+                        await self._sleep(delay)
+                        continue
+                apply_header_operations(response.headers, plan.response_headers)
+                address = endpoint.address
+
+                def done(address: str = address, balancer: Balancer = balancer) -> None:
+                    balancer.finish(address)
+                    self._release(plan)
+
+                assert isinstance(response.stream, httpx.AsyncByteStream)
+                response.stream = AsyncClosingStream(response.stream, done)
+                return response
+        finally:
+            request.url = original_url
+
+    # -- mirroring ---------------------------------------------------------------------------
+
+    def _mirror(self, request: httpx.Request, plan: Plan, destination: Destination) -> None:
+        if not plan.replayable or len(self._mirror_tasks) >= MAX_MIRRORS_IN_FLIGHT:
+            return  # never copy a body we cannot replay; drop rather than queue
+        shadow = mirror_request(request, plan)
+        task = asyncio.get_running_loop().create_task(self._send_mirror(shadow, plan, destination))
+        self._mirror_tasks.add(task)
+        task.add_done_callback(self._mirror_tasks.discard)
+
+    async def _send_mirror(
+        self, shadow: httpx.Request, plan: Plan, destination: Destination
+    ) -> None:
+        try:
+            state, endpoints = self.outbound.mirror_plan(plan, destination)
+            if not endpoints:
+                return
+            address = state.balancer.pick([e.address for e in endpoints], None)
+            endpoint = next(e for e in endpoints if e.address == address)
+            shadow.url = attempt_url(shadow.url, endpoint, shadow.url.path)
+            response = await self._pools.get(endpoint.address).handle_async_request(shadow)
+            await response.aread()
+            await response.aclose()
+        except (httpx.HTTPError, MeshTransportError):
+            pass  # a mirror's fate never affects the caller
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def prune(self, keep: set[str]) -> None:
+        """Close pools of endpoints that left the mesh."""
+        for pool in self._pools.prune(keep):
+            await pool.aclose()
+
+    async def aclose(self) -> None:
+        for task in list(self._mirror_tasks):
+            task.cancel()
+        for pool in self._pools.drain():
+            await pool.aclose()
+        await self._passthrough.aclose()

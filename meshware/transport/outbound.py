@@ -1,0 +1,416 @@
+"""The decision core shared by the sync and async mesh transports (no I/O here).
+
+For one logical request it answers, in order: is this a mesh host at all (or passthrough, or
+blocked egress)? which route and destination (VirtualService)? which fault, mirrors, header
+and URI rewrites, timeout and retry policy apply? then, per attempt: which endpoint
+(subset filter, draining, outlier ejection, load balancer)? and after each attempt: was it a
+success, is a retry allowed (policy, method, body, budget, deadline) and after which backoff?
+
+Per-destination runtime state (balancer, outlier detector, admission counters, retry budget)
+lives in :class:`DestinationState`, created on first use and rebuilt only when the
+destination's traffic policy changes, so ejections survive unrelated config pushes.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+import httpx
+
+from meshware.config.discovery import Endpoint, EndpointTable
+from meshware.config.model.common import canonical_host
+from meshware.config.model.networking import (
+    Destination,
+    HeaderOperations,
+    HTTPRoute,
+    TrafficPolicy,
+)
+from meshware.errors import EgressBlockedError, NoHealthyUpstreamError, NoRouteError
+from meshware.resilience.fault import FaultDecision, decide_fault
+from meshware.resilience.limits import Admission, ConnectionLimits
+from meshware.resilience.mirror import decide_mirrors
+from meshware.resilience.outlier import OutlierDetector
+from meshware.resilience.retry import Outcome, RetryBudget, RetryPolicy, can_replay
+from meshware.routing.balance import Balancer, hash_key_of, make_balancer
+from meshware.routing.request import RequestInfo
+from meshware.routing.table import RouteDecision, RouteTable
+
+OutboundPolicy = Literal["ALLOW_ANY", "REGISTRY_ONLY"]
+
+
+class MeshView(Protocol):
+    """What the transports need from the mesh runtime (satisfied by :class:`meshware.Mesh`)."""
+
+    @property
+    def route_table(self) -> RouteTable: ...
+
+    @property
+    def endpoint_table(self) -> EndpointTable: ...
+
+    @property
+    def labels(self) -> Mapping[str, str]: ...
+
+    @property
+    def namespace(self) -> str: ...
+
+    @property
+    def outbound_traffic_policy(self) -> OutboundPolicy: ...
+
+
+class DestinationState:
+    """Runtime state of one (service, subset): balancer, ejections, admission, retry budget."""
+
+    def __init__(
+        self, policy: TrafficPolicy | None, *, rng: random.Random, clock: Callable[[], float]
+    ) -> None:
+        self.policy = policy
+        lb = policy.load_balancer if policy is not None else None
+        self.balancer: Balancer = make_balancer(lb, rng)
+        outlier = policy.outlier_detection if policy is not None else None
+        self.outlier: OutlierDetector | None = (
+            OutlierDetector(outlier, clock=clock) if outlier is not None else None
+        )
+        pool = policy.connection_pool if policy is not None else None
+        self.limits = ConnectionLimits.from_policy(pool)
+        self.admission = Admission(self.limits)
+        self.budget = RetryBudget(clock=clock)
+        self.members: frozenset[str] = frozenset()
+        self.next_sweep = 0.0
+        self.lock = threading.Lock()
+
+
+@dataclass(slots=True)
+class Plan:
+    """Everything decided once for one logical request."""
+
+    info: RequestInfo
+    decision: RouteDecision
+    state: DestinationState
+    endpoints: tuple[Endpoint, ...]
+    retry: RetryPolicy
+    timeout: float | None
+    fault: FaultDecision | None
+    mirrors: tuple[Destination, ...]
+    path: str
+    authority: str
+    request_headers: tuple[HeaderOperations, ...]
+    response_headers: tuple[HeaderOperations, ...]
+    hash_key: str | None
+    replayable: bool
+    tried: set[str] = field(default_factory=set)
+
+
+@dataclass(frozen=True, slots=True)
+class Passthrough:
+    """Not a mesh host: send the request unchanged."""
+
+
+PASSTHROUGH = Passthrough()
+
+
+def request_info(request: httpx.Request, labels: Mapping[str, str], namespace: str) -> RequestInfo:
+    url = request.url
+    headers: dict[str, str] = {}
+    for key, value in request.headers.multi_items():
+        name = key.lower()
+        headers[name] = f"{headers[name]}, {value}" if name in headers else value
+    return RequestInfo(
+        method=request.method.upper(),
+        host=(url.host or "").lower(),
+        path=url.path or "/",
+        query=url.query.decode("ascii", "replace"),
+        scheme=url.scheme,
+        port=url.port,
+        headers=headers,
+        source_labels=labels,
+        source_namespace=namespace,
+    )
+
+
+def outcome_of(exc: Exception) -> Outcome:
+    """Classify a transport exception the way Envoy's retry conditions see it."""
+    if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout):
+        return Outcome("connect_failure", None, sent=False)
+    if isinstance(exc, httpx.TimeoutException):
+        return Outcome("timeout", None, sent=True)
+    return Outcome("reset", None, sent=True)
+
+
+class Outbound:
+    """See the module docstring. One per transport; thread-safe."""
+
+    def __init__(
+        self,
+        mesh: MeshView,
+        *,
+        rng: random.Random | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.mesh = mesh
+        self.rng = rng or random.Random()
+        self.clock = clock
+        self._states: dict[tuple[str, str], DestinationState] = {}
+        self._lock = threading.Lock()
+
+    # -- per request ---------------------------------------------------------------------
+
+    def plan(self, request: httpx.Request) -> Plan | Passthrough:
+        """Decide routing for ``request``; raises NoRouteError / EgressBlockedError."""
+        mesh = self.mesh
+        routes = mesh.route_table
+        endpoints = mesh.endpoint_table
+        host = (request.url.host or "").lower()
+        canonical = canonical_host(host, mesh.namespace)
+        if not routes.covers(canonical) and canonical not in endpoints:
+            if mesh.outbound_traffic_policy == "REGISTRY_ONLY":
+                raise EgressBlockedError(
+                    f"{host} is not a mesh service and outbound traffic is REGISTRY_ONLY",
+                    request=request,
+                )
+            return PASSTHROUGH
+        info = request_info(request, mesh.labels, mesh.namespace)
+        decision = routes.decide(info, self.rng)
+        if decision is None:
+            raise NoRouteError(
+                f"no route of {canonical} matched {info.method} {info.path}", request=request
+            )
+        route = decision.route
+        policy = routes.traffic_policy(
+            decision.service_host, decision.subset, source_labels=mesh.labels
+        )
+        state = self._state(decision.service_host, decision.subset, policy)
+        selected = self._endpoints(decision, routes, endpoints)
+        retry = RetryPolicy.from_route(
+            route.retries if route is not None else None,
+            opt_in_unsafe=decision.retry_non_idempotent,
+        )
+        fault = (
+            decide_fault(route.fault, self.rng)
+            if route is not None and route.fault is not None
+            else None
+        )
+        mirrors = decide_mirrors(route, self.rng) if route is not None else ()
+        path, authority = _rewrite(info, decision)
+        request_ops, response_ops = _header_operations(decision)
+        timeout = route.timeout if route is not None and route.timeout else None
+        return Plan(
+            info=info,
+            decision=decision,
+            state=state,
+            endpoints=selected,
+            retry=retry,
+            timeout=timeout,
+            fault=fault if fault is not None and (fault.delay or fault.abort) else None,
+            mirrors=mirrors,
+            path=path,
+            authority=authority,
+            request_headers=request_ops,
+            response_headers=response_ops,
+            hash_key=_hash_key(policy, info),
+            replayable=_replayable(request),
+        )
+
+    def pick(self, plan: Plan) -> Endpoint:
+        """An endpoint for the next attempt, preferring ones not tried yet for this request."""
+        state = plan.state
+        now = self.clock()
+        outlier = state.outlier
+        members = frozenset(e.address for e in plan.endpoints)
+        if outlier is not None and (members != state.members or now >= state.next_sweep):
+            with state.lock:
+                if members != state.members:
+                    outlier.set_endpoints(members)
+                    state.members = members
+                outlier.maybe_sweep()
+                state.next_sweep = now + outlier.policy.interval
+        candidates = [e for e in plan.endpoints if not e.draining]
+        if outlier is not None:
+            allowed = set(outlier.available([e.address for e in candidates]))
+            healthy = [e for e in candidates if e.address in allowed]
+        else:
+            healthy = candidates
+        if not healthy:
+            raise NoHealthyUpstreamError(
+                f"no healthy upstream for {plan.decision.service_host}"
+                + (f" subset {plan.decision.subset}" if plan.decision.subset else ""),
+                request=None,
+            )
+        fresh = [e for e in healthy if e.address not in plan.tried] or healthy
+        by_address = {e.address: e for e in fresh}
+        address = state.balancer.pick(list(by_address), plan.hash_key)
+        plan.tried.add(address)
+        return by_address[address]
+
+    def record(self, plan: Plan, endpoint: Endpoint, outcome: Outcome) -> None:
+        outlier = plan.state.outlier
+        if outlier is not None:
+            with plan.state.lock:
+                outlier.record(endpoint.address, outcome)
+
+    def retry_delay(
+        self, plan: Plan, attempt: int, outcome: Outcome, deadline: float | None
+    ) -> float | None:
+        """Seconds to wait before retry number ``attempt`` (1-based), or None: do not retry."""
+        decision = plan.retry.decide(
+            plan.info.method,
+            outcome,
+            retries_done=attempt - 1,
+            replayable=plan.replayable,
+            now=self.clock(),
+            deadline=deadline,
+            rng=self.rng,
+            budget=plan.state.budget,
+        )
+        return decision.delay if decision.retry else None
+
+    def attempt_timeout(self, plan: Plan, deadline: float | None) -> float | None:
+        """The timeout for the next attempt: per-try timeout capped by the overall deadline."""
+        per_try = plan.retry.per_try_timeout
+        if deadline is None:
+            return per_try
+        left = max(0.0, deadline - self.clock())
+        return left if per_try is None else min(per_try, left)
+
+    # -- state -----------------------------------------------------------------------------
+
+    def _state(self, host: str, subset: str, policy: TrafficPolicy | None) -> DestinationState:
+        key = (host, subset)
+        state = self._states.get(key)
+        if state is not None and state.policy == policy:
+            return state
+        with self._lock:
+            state = self._states.get(key)
+            if state is None or state.policy != policy:
+                state = DestinationState(policy, rng=self.rng, clock=self.clock)
+                self._states[key] = state
+            return state
+
+    def mirror_plan(
+        self, plan: Plan, destination: Destination
+    ) -> tuple[DestinationState, tuple[Endpoint, ...]]:
+        """State and endpoints for a mirror target of ``plan``."""
+        routes = self.mesh.route_table
+        host = canonical_host(destination.host, self.mesh.namespace)
+        policy = routes.traffic_policy(host, destination.subset, source_labels=self.mesh.labels)
+        state = self._state(host, destination.subset, policy)
+        labels = (
+            routes.subset_labels(host, destination.subset, source_labels=self.mesh.labels)
+            if destination.subset
+            else None
+        )
+        endpoints = tuple(
+            e
+            for e in _service_endpoints(host, routes, self.mesh.endpoint_table)
+            if e.matches(labels)
+        )
+        return state, endpoints
+
+    def _endpoints(
+        self, decision: RouteDecision, routes: RouteTable, table: EndpointTable
+    ) -> tuple[Endpoint, ...]:
+        labels = (
+            routes.subset_labels(
+                decision.service_host, decision.subset, source_labels=self.mesh.labels
+            )
+            if decision.subset
+            else None
+        )
+        return tuple(
+            e for e in _service_endpoints(decision.service_host, routes, table) if e.matches(labels)
+        )
+
+
+def _service_endpoints(host: str, routes: RouteTable, table: EndpointTable) -> tuple[Endpoint, ...]:
+    registered = table.endpoints(host)
+    entry = routes.service_entry(host)
+    if entry is None or not entry.spec.endpoints:
+        return registered
+    static = []
+    for workload in entry.spec.endpoints:
+        port = next(iter(workload.ports.values()), None) if workload.ports else None
+        if port is None and entry.spec.ports:
+            port = entry.spec.ports[0].target_port or entry.spec.ports[0].number
+        if port is None:
+            continue
+        static.append(
+            Endpoint(
+                host=workload.address,
+                port=port,
+                labels=workload.labels,
+                instance=f"se:{workload.address}",
+            )
+        )
+    return registered + tuple(static)
+
+
+def _rewrite(info: RequestInfo, decision: RouteDecision) -> tuple[str, str]:
+    route = decision.route
+    path = info.path
+    authority = info.authority
+    if route is None or route.rewrite is None:
+        return path, authority
+    rewrite = route.rewrite
+    if rewrite.uri:
+        matched = decision.matched.uri if decision.matched is not None else None
+        if matched is not None and matched.kind == "prefix" and path.startswith(matched.value):
+            path = rewrite.uri + path[len(matched.value) :]
+        elif matched is not None and matched.kind == "prefix":
+            path = rewrite.uri + path
+        else:
+            path = rewrite.uri
+        if not path.startswith("/"):
+            path = "/" + path
+    if rewrite.authority:
+        authority = rewrite.authority
+    return path, authority
+
+
+def _header_operations(
+    decision: RouteDecision,
+) -> tuple[tuple[HeaderOperations, ...], tuple[HeaderOperations, ...]]:
+    route: HTTPRoute | None = decision.route
+    if route is None:
+        return (), ()
+    request_ops = [route.headers.request]
+    response_ops = [route.headers.response]
+    if decision.route_destination is not None:
+        request_ops.append(decision.route_destination.headers.request)
+        response_ops.append(decision.route_destination.headers.response)
+    return tuple(o for o in request_ops if o), tuple(o for o in response_ops if o)
+
+
+def apply_header_operations(
+    headers: httpx.Headers, operations: tuple[HeaderOperations, ...]
+) -> None:
+    for ops in operations:
+        for name in ops.remove:
+            headers.pop(name, None)
+        for name, value in ops.set.items():
+            headers[name] = value
+        for name, value in ops.add.items():
+            if name in headers:
+                headers[name] = f"{headers[name]},{value}"
+            else:
+                headers[name] = value
+
+
+def _hash_key(policy: TrafficPolicy | None, info: RequestInfo) -> str | None:
+    if (
+        policy is None
+        or policy.load_balancer is None
+        or policy.load_balancer.consistent_hash is None
+    ):
+        return None
+    return hash_key_of(policy.load_balancer.consistent_hash, info)
+
+
+def _replayable(request: httpx.Request) -> bool:
+    stream = request.stream
+    if isinstance(stream, httpx.ByteStream):
+        return can_replay(len(request.content), streaming=False)
+    return can_replay(None, streaming=True)

@@ -1,0 +1,230 @@
+"""``MeshTransport``: the mesh as a synchronous httpx transport (thread-safe, for WSGI apps).
+
+Only the loop that sends, waits and sleeps lives here; every decision is made by
+:class:`~meshware.transport.outbound.Outbound`, shared with the async transport.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+
+from meshware.config.model.networking import Destination
+from meshware.errors import MeshTransportError, UpstreamOverflowError, UpstreamTimeoutError
+from meshware.resilience.retry import Outcome
+from meshware.routing.balance import Balancer
+from meshware.transport.outbound import (
+    MeshView,
+    Outbound,
+    Passthrough,
+    Plan,
+    apply_header_operations,
+    outcome_of,
+)
+from meshware.transport.pools import PoolSet
+from meshware.transport.shared import (
+    MAX_MIRRORS_IN_FLIGHT,
+    abort_response,
+    attempt_url,
+    mirror_request,
+    pool_timeout,
+    set_attempt_timeout,
+)
+from meshware.transport.streams import ClosingStream
+
+
+class MeshTransport(httpx.BaseTransport):
+    """Routes requests for mesh services; other hosts go to ``passthrough`` unchanged."""
+
+    def __init__(
+        self,
+        mesh: MeshView,
+        *,
+        passthrough: httpx.BaseTransport | None = None,
+        rng: random.Random | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.outbound = Outbound(mesh, rng=rng, clock=clock)
+        self._clock = clock
+        self._sleep = sleep
+        self._pools: PoolSet[httpx.HTTPTransport] = PoolSet(
+            lambda limits: httpx.HTTPTransport(limits=limits)
+        )
+        self._passthrough = passthrough or httpx.HTTPTransport()
+        self._mirrors = ThreadPoolExecutor(max_workers=4, thread_name_prefix="meshware-mirror")
+        self._mirror_slots = threading.BoundedSemaphore(MAX_MIRRORS_IN_FLIGHT)
+        self._conditions: dict[int, threading.Condition] = {}
+        self._lock = threading.Lock()
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        try:
+            plan = self.outbound.plan(request)
+        except MeshTransportError as exc:
+            exc.request = request
+            raise
+        if isinstance(plan, Passthrough):
+            return self._passthrough.handle_request(request)
+        if plan.fault is not None:
+            if plan.fault.delay:
+                self._sleep(plan.fault.delay)
+            if plan.fault.abort:
+                return abort_response(plan.fault.abort, request)
+        for destination in plan.mirrors:
+            self._mirror(request, plan, destination)
+        self._admit(plan, request)
+        try:
+            return self._send(request, plan)
+        except BaseException:
+            self._release(plan)
+            raise
+
+    # -- admission (connectionPool limits) -------------------------------------------------
+
+    def _condition(self, plan: Plan) -> threading.Condition:
+        key = id(plan.state)
+        condition = self._conditions.get(key)
+        if condition is None:
+            with self._lock:
+                condition = self._conditions.setdefault(key, threading.Condition())
+        return condition
+
+    def _admit(self, plan: Plan, request: httpx.Request) -> None:
+        admission = plan.state.admission
+        verdict = admission.try_admit()
+        if verdict == "go":
+            return
+        if verdict == "reject":
+            raise UpstreamOverflowError(
+                f"{plan.decision.service_host}: pending request limit reached", request=request
+            )
+        condition = self._condition(plan)
+        deadline = self._clock() + pool_timeout(request)
+        with condition:
+            while not admission.dequeue():
+                left = deadline - self._clock()
+                if left <= 0:
+                    admission.abandon()
+                    raise UpstreamOverflowError(
+                        f"{plan.decision.service_host}: waited {pool_timeout(request):g}s for a free connection",
+                        request=request,
+                    )
+                condition.wait(left)
+
+    def _release(self, plan: Plan) -> None:
+        plan.state.admission.release()
+        condition = self._conditions.get(id(plan.state))
+        if condition is not None:
+            with condition:
+                condition.notify()
+
+    # -- the attempt loop --------------------------------------------------------------------
+
+    def _send(self, request: httpx.Request, plan: Plan) -> httpx.Response:
+        outbound = self.outbound
+        original_url = request.url
+        deadline = self._clock() + plan.timeout if plan.timeout else None
+        plan.state.budget.deposit()
+        apply_header_operations(request.headers, plan.request_headers)
+        request.headers["host"] = plan.authority
+        attempt = 0
+        try:
+            while True:
+                try:
+                    endpoint = outbound.pick(plan)
+                except MeshTransportError as exc:
+                    exc.request = request
+                    raise
+                timeout = outbound.attempt_timeout(plan, deadline)
+                if timeout is not None and timeout <= 0:
+                    raise UpstreamTimeoutError(
+                        f"upstream request timeout ({plan.timeout:g}s)", request=request
+                    )
+                request.url = attempt_url(original_url, endpoint, plan.path)
+                set_attempt_timeout(request, timeout)
+                pool = self._pools.get(endpoint.address, plan.state.limits.max_connections)
+                balancer = plan.state.balancer
+                balancer.start(endpoint.address)
+                try:
+                    response = pool.handle_request(request)
+                except httpx.TransportError as exc:
+                    balancer.finish(endpoint.address)
+                    outcome = outcome_of(exc)
+                    outbound.record(plan, endpoint, outcome)
+                    attempt += 1
+                    delay = outbound.retry_delay(plan, attempt, outcome, deadline)
+                    if delay is None:
+                        if deadline is not None and self._clock() >= deadline:
+                            raise UpstreamTimeoutError(
+                                f"upstream request timeout ({plan.timeout:g}s)", request=request
+                            ) from exc
+                        raise
+                    self._sleep(delay)
+                    continue
+                outcome = Outcome("response", response.status_code, sent=True)
+                outbound.record(plan, endpoint, outcome)
+                if response.status_code >= 400:
+                    delay = outbound.retry_delay(plan, attempt + 1, outcome, deadline)
+                    if delay is not None:
+                        attempt += 1
+                        response.close()
+                        balancer.finish(endpoint.address)
+                        self._sleep(delay)
+                        continue
+                apply_header_operations(response.headers, plan.response_headers)
+                address = endpoint.address
+
+                def done(address: str = address, balancer: Balancer = balancer) -> None:
+                    balancer.finish(address)
+                    self._release(plan)
+
+                assert isinstance(response.stream, httpx.SyncByteStream)
+                response.stream = ClosingStream(response.stream, done)
+                return response
+        finally:
+            request.url = original_url
+
+    # -- mirroring ---------------------------------------------------------------------------
+
+    def _mirror(self, request: httpx.Request, plan: Plan, destination: Destination) -> None:
+        if not plan.replayable or not self._mirror_slots.acquire(blocking=False):
+            return  # never copy a body we cannot replay; drop rather than queue
+        shadow = mirror_request(request, plan)
+        try:
+            self._mirrors.submit(self._send_mirror, shadow, plan, destination)
+        except RuntimeError:
+            self._mirror_slots.release()
+
+    def _send_mirror(self, shadow: httpx.Request, plan: Plan, destination: Destination) -> None:
+        try:
+            state, endpoints = self.outbound.mirror_plan(plan, destination)
+            if not endpoints:
+                return
+            address = state.balancer.pick([e.address for e in endpoints], None)
+            endpoint = next(e for e in endpoints if e.address == address)
+            shadow.url = attempt_url(shadow.url, endpoint, shadow.url.path)
+            response = self._pools.get(endpoint.address).handle_request(shadow)
+            response.read()
+            response.close()
+        except (httpx.HTTPError, MeshTransportError):
+            pass  # a mirror's fate never affects the caller
+        finally:
+            self._mirror_slots.release()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def prune(self, keep: set[str]) -> None:
+        """Close pools of endpoints that left the mesh."""
+        for pool in self._pools.prune(keep):
+            pool.close()
+
+    def close(self) -> None:
+        self._mirrors.shutdown(wait=False, cancel_futures=True)
+        for pool in self._pools.drain():
+            pool.close()
+        self._passthrough.close()
