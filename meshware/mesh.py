@@ -269,6 +269,9 @@ class Mesh:
             self._started.clear()
 
     def _cancel_tasks(self) -> None:
+        for worker in (self._channel, self._endpoints, self._file):
+            if worker is not None:
+                worker.closing = True
         for task in self._tasks:
             task.cancel()
 

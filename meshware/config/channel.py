@@ -91,11 +91,14 @@ class RedisConfigChannel:
         """Set after the first successful look at the control plane (config or none)."""
         self.last_error = ""
         self._save_pending: asyncio.TimerHandle | None = None
+        self.closing = False
+        """Set (from any thread) before the task is cancelled: loops stop even if a library
+        turns the cancellation into a connection error."""
 
     async def run(self) -> None:
         """Run until cancelled; on cancellation deregister the instance (best effort)."""
         try:
-            while True:
+            while not self.closing:
                 client = async_client(self.url)
                 try:
                     await self._session(client)
@@ -124,7 +127,7 @@ class RedisConfigChannel:
             now = self._clock()
             next_heartbeat = now + self._jittered(self.heartbeat_interval)
             next_resync = now + self._jittered(self.resync_interval)
-            while True:
+            while not self.closing:
                 timeout = max(0.0, min(next_heartbeat, next_resync) - self._clock())
                 message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=timeout)
                 if message is not None:
@@ -290,6 +293,7 @@ class FileConfigSource:
         self.interval = interval
         self._stamp: tuple[int, int, int] | None = None
         self._version = 0
+        self.closing = False
 
     def _read_stamp(self) -> tuple[int, int, int] | None:
         try:
@@ -322,6 +326,6 @@ class FileConfigSource:
         return self.watcher.offer(record, source="file")
 
     async def run(self) -> None:
-        while True:
+        while not self.closing:
             await asyncio.to_thread(self.poll)
             await asyncio.sleep(self.interval)

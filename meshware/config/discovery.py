@@ -37,10 +37,11 @@ class Endpoint:
     labels: Mapping[str, str] = field(default_factory=dict)
     instance: str = ""
     draining: bool = False
+    address: str = field(init=False, compare=False)
+    """``host:port``: the key of this endpoint's pool, balancer and ejection state."""
 
-    @property
-    def address(self) -> str:
-        return f"{self.host}:{self.port}"
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "address", f"{self.host}:{self.port}")
 
     def matches(self, selector: Mapping[str, str] | None) -> bool:
         """Every selector label is carried by this endpoint (an empty selector matches all)."""
@@ -130,11 +131,13 @@ class EndpointWatcher:
         self.interval = interval
         self.table = EMPTY_TABLE
         self.refreshed = asyncio.Event()
+        self.closing = False
+        """Set before cancellation; see RedisConfigChannel.closing."""
         self._rng = rng or random.Random()
 
     async def run(self) -> None:
         delay = 0.05
-        while True:
+        while not self.closing:
             client = async_client(self.url)
             try:
                 await self._session(client)
@@ -151,7 +154,7 @@ class EndpointWatcher:
         pubsub = client.pubsub()
         try:
             await pubsub.subscribe(self.keys.instance_events)
-            while True:
+            while not self.closing:
                 await self.refresh(client)
                 timeout = self.interval * (0.8 + 0.4 * self._rng.random())
                 message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=timeout)

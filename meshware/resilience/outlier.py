@@ -75,6 +75,9 @@ class OutlierDetector:
         self._hosts: dict[str, _Host] = {key: _Host() for key in endpoints}
         self._max_time = max(MAX_EJECTION_TIME, policy.base_ejection_time)
         self._last_sweep = clock()
+        self.ejections_end = 0.0
+        """When the latest ejection ends: before then some endpoint may be ejected, after it
+        none is. Read without the lock by the request path's fast check."""
 
     # -- membership ----------------------------------------------------------------------------
 
@@ -168,6 +171,7 @@ class OutlierDetector:
             host.multiplier += 1
         host.ejected_until = now + min(base * host.multiplier, self._max_time)
         host.ejections += 1
+        self.ejections_end = max(self.ejections_end, host.ejected_until)
 
     # -- queries -------------------------------------------------------------------------------
 

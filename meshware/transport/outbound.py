@@ -16,7 +16,7 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -84,6 +84,36 @@ class DestinationState:
         self.lock = threading.Lock()
 
 
+@dataclass(frozen=True, slots=True)
+class RouteExtras:
+    """What depends only on the route decision: computed once per compiled decision."""
+
+    retry: RetryPolicy
+    request_headers: tuple[HeaderOperations, ...]
+    response_headers: tuple[HeaderOperations, ...]
+    timeout: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointSet:
+    """The endpoints of one (service, subset) under one registry and config snapshot."""
+
+    endpoints: tuple[Endpoint, ...]
+    by_address: Mapping[str, Endpoint]
+    ready: tuple[str, ...]
+    """Addresses of endpoints that are not draining, in a stable order."""
+    members: frozenset[str]
+
+
+def _endpoint_set(endpoints: tuple[Endpoint, ...]) -> EndpointSet:
+    return EndpointSet(
+        endpoints=endpoints,
+        by_address={e.address: e for e in endpoints},
+        ready=tuple(e.address for e in endpoints if not e.draining),
+        members=frozenset(e.address for e in endpoints),
+    )
+
+
 @dataclass(slots=True)
 class Plan:
     """Everything decided once for one logical request."""
@@ -91,7 +121,7 @@ class Plan:
     info: RequestInfo
     decision: RouteDecision
     state: DestinationState
-    endpoints: tuple[Endpoint, ...]
+    endpoints: EndpointSet
     retry: RetryPolicy
     timeout: float | None
     fault: FaultDecision | None
@@ -116,8 +146,9 @@ PASSTHROUGH = Passthrough()
 def request_info(request: httpx.Request, labels: Mapping[str, str], namespace: str) -> RequestInfo:
     url = request.url
     headers: dict[str, str] = {}
-    for key, value in request.headers.multi_items():
-        name = key.lower()
+    for raw_key, raw_value in request.headers.raw:
+        name = raw_key.decode("latin-1").lower()
+        value = raw_value.decode("latin-1")
         headers[name] = f"{headers[name]}, {value}" if name in headers else value
     return RequestInfo(
         method=request.method.upper(),
@@ -155,6 +186,10 @@ class Outbound:
         self.rng = rng or random.Random()
         self.clock = clock
         self._states: dict[tuple[str, str], DestinationState] = {}
+        self._extras: dict[int, tuple[RouteDecision, RouteExtras]] = {}
+        self._targets: dict[
+            tuple[str, str], tuple[RouteTable, EndpointTable, DestinationState, EndpointSet]
+        ] = {}
         self._lock = threading.Lock()
 
     # -- per request ---------------------------------------------------------------------
@@ -180,71 +215,106 @@ class Outbound:
                 f"no route of {canonical} matched {info.method} {info.path}", request=request
             )
         route = decision.route
-        policy = routes.traffic_policy(
-            decision.service_host, decision.subset, source_labels=mesh.labels
-        )
-        state = self._state(decision.service_host, decision.subset, policy)
-        selected = self._endpoints(decision, routes, endpoints)
-        retry = RetryPolicy.from_route(
-            route.retries if route is not None else None,
-            opt_in_unsafe=decision.retry_non_idempotent,
-        )
+        extras = self._route_extras(decision)
+        state, selected = self._target(decision, routes, endpoints)
         fault = (
             decide_fault(route.fault, self.rng)
             if route is not None and route.fault is not None
             else None
         )
-        mirrors = decide_mirrors(route, self.rng) if route is not None else ()
+        mirrors = decide_mirrors(route, self.rng) if route is not None and route.all_mirrors else ()
         path, authority = _rewrite(info, decision)
-        request_ops, response_ops = _header_operations(decision)
-        timeout = route.timeout if route is not None and route.timeout else None
         return Plan(
             info=info,
             decision=decision,
             state=state,
             endpoints=selected,
-            retry=retry,
-            timeout=timeout,
+            retry=extras.retry,
+            timeout=extras.timeout,
             fault=fault if fault is not None and (fault.delay or fault.abort) else None,
             mirrors=mirrors,
             path=path,
             authority=authority,
-            request_headers=request_ops,
-            response_headers=response_ops,
-            hash_key=_hash_key(policy, info),
+            request_headers=extras.request_headers,
+            response_headers=extras.response_headers,
+            hash_key=_hash_key(state.policy, info),
             replayable=_replayable(request),
         )
+
+    def _route_extras(self, decision: RouteDecision) -> RouteExtras:
+        cached = self._extras.get(id(decision))
+        if cached is not None and cached[0] is decision:
+            return cached[1]
+        route = decision.route
+        request_ops, response_ops = _header_operations(decision)
+        extras = RouteExtras(
+            retry=RetryPolicy.from_route(
+                route.retries if route is not None else None,
+                opt_in_unsafe=decision.retry_non_idempotent,
+            ),
+            request_headers=request_ops,
+            response_headers=response_ops,
+            timeout=route.timeout if route is not None and route.timeout else None,
+        )
+        if len(self._extras) > 4096:
+            self._extras.clear()
+        self._extras[id(decision)] = (decision, extras)
+        return extras
+
+    def _target(
+        self, decision: RouteDecision, routes: RouteTable, table: EndpointTable
+    ) -> tuple[DestinationState, EndpointSet]:
+        """State and endpoints of the chosen (service, subset), cached per snapshot pair."""
+        key = (decision.service_host, decision.subset)
+        cached = self._targets.get(key)
+        if cached is not None and cached[0] is routes and cached[1] is table:
+            return cached[2], cached[3]
+        labels = self.mesh.labels
+        policy = routes.traffic_policy(decision.service_host, decision.subset, source_labels=labels)
+        state = self._state(decision.service_host, decision.subset, policy)
+        selector = (
+            routes.subset_labels(decision.service_host, decision.subset, source_labels=labels)
+            if decision.subset
+            else None
+        )
+        endpoints = _endpoint_set(
+            tuple(
+                e
+                for e in _service_endpoints(decision.service_host, routes, table)
+                if e.matches(selector)
+            )
+        )
+        self._targets[key] = (routes, table, state, endpoints)
+        return state, endpoints
 
     def pick(self, plan: Plan) -> Endpoint:
         """An endpoint for the next attempt, preferring ones not tried yet for this request."""
         state = plan.state
-        now = self.clock()
+        endpoints = plan.endpoints
+        addresses: Sequence[str] = endpoints.ready
         outlier = state.outlier
-        members = frozenset(e.address for e in plan.endpoints)
-        if outlier is not None and (members != state.members or now >= state.next_sweep):
-            with state.lock:
-                if members != state.members:
-                    outlier.set_endpoints(members)
-                    state.members = members
-                outlier.maybe_sweep()
-                state.next_sweep = now + outlier.policy.interval
-        candidates = [e for e in plan.endpoints if not e.draining]
         if outlier is not None:
-            allowed = set(outlier.available([e.address for e in candidates]))
-            healthy = [e for e in candidates if e.address in allowed]
-        else:
-            healthy = candidates
-        if not healthy:
+            now = self.clock()
+            if state.members is not endpoints.members or now >= state.next_sweep:
+                with state.lock:
+                    if state.members != endpoints.members:
+                        outlier.set_endpoints(endpoints.members)
+                    state.members = endpoints.members
+                    outlier.maybe_sweep()
+                    state.next_sweep = now + outlier.policy.interval
+            if now < outlier.ejections_end:  # someone may be ejected: filter
+                addresses = outlier.available(addresses)
+        if not addresses:
             raise NoHealthyUpstreamError(
                 f"no healthy upstream for {plan.decision.service_host}"
                 + (f" subset {plan.decision.subset}" if plan.decision.subset else ""),
                 request=None,
             )
-        fresh = [e for e in healthy if e.address not in plan.tried] or healthy
-        by_address = {e.address: e for e in fresh}
-        address = state.balancer.pick(list(by_address), plan.hash_key)
+        if plan.tried:
+            addresses = [a for a in addresses if a not in plan.tried] or addresses
+        address = state.balancer.pick(addresses, plan.hash_key)
         plan.tried.add(address)
-        return by_address[address]
+        return endpoints.by_address[address]
 
     def record(self, plan: Plan, endpoint: Endpoint, outcome: Outcome) -> None:
         outlier = plan.state.outlier
@@ -309,20 +379,6 @@ class Outbound:
             if e.matches(labels)
         )
         return state, endpoints
-
-    def _endpoints(
-        self, decision: RouteDecision, routes: RouteTable, table: EndpointTable
-    ) -> tuple[Endpoint, ...]:
-        labels = (
-            routes.subset_labels(
-                decision.service_host, decision.subset, source_labels=self.mesh.labels
-            )
-            if decision.subset
-            else None
-        )
-        return tuple(
-            e for e in _service_endpoints(decision.service_host, routes, table) if e.matches(labels)
-        )
 
 
 def _service_endpoints(host: str, routes: RouteTable, table: EndpointTable) -> tuple[Endpoint, ...]:

@@ -1,6 +1,6 @@
 """One connection pool per endpoint, created on first use and closed when the endpoint leaves.
 
-Each endpoint gets its own httpx transport (an httpcore pool); the pool's connection limit
+Each endpoint gets its own httpcore pool; the pool's connection limit
 comes from the destination's ``connectionPool.tcp.maxConnections``. Never a client or SSL
 context per request.
 """
@@ -13,7 +13,10 @@ from typing import Generic, TypeVar
 
 import httpx
 
-T = TypeVar("T", httpx.HTTPTransport, httpx.AsyncHTTPTransport)
+from meshware.config.discovery import Endpoint
+from meshware.transport.endpoint import AsyncEndpointPool, EndpointPool
+
+T = TypeVar("T", EndpointPool, AsyncEndpointPool)
 
 DEFAULT_LIMITS = httpx.Limits(
     max_connections=100, max_keepalive_connections=20, keepalive_expiry=30.0
@@ -33,19 +36,20 @@ def limits_for(max_connections: int | None) -> httpx.Limits:
 class PoolSet(Generic[T]):
     """Endpoint address → transport; thread-safe creation, explicit pruning."""
 
-    def __init__(self, factory: Callable[[httpx.Limits], T]) -> None:
-        self._factory: Callable[[httpx.Limits], T] = factory
+    def __init__(self, factory: Callable[[str, int, httpx.Limits], T]) -> None:
+        self._factory: Callable[[str, int, httpx.Limits], T] = factory
         self._pools: dict[str, T] = {}
         self._lock = threading.Lock()
 
-    def get(self, address: str, max_connections: int | None = None) -> T:
+    def get(self, endpoint: Endpoint, max_connections: int | None = None) -> T:
+        address = endpoint.address
         pool = self._pools.get(address)
         if pool is not None:
             return pool
         with self._lock:
             pool = self._pools.get(address)
             if pool is None:
-                pool = self._factory(limits_for(max_connections))
+                pool = self._factory(endpoint.host, endpoint.port, limits_for(max_connections))
                 self._pools[address] = pool
             return pool
 

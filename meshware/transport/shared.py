@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import httpx
 
-from meshware.config.discovery import Endpoint
 from meshware.resilience.mirror import shadow_authority
 from meshware.transport.outbound import Plan
 
@@ -12,24 +11,30 @@ MAX_MIRRORS_IN_FLIGHT = 64
 DEFAULT_POOL_TIMEOUT = 5.0
 
 
-def attempt_url(url: httpx.URL, endpoint: Endpoint, path: str) -> httpx.URL:
-    """``url`` aimed at one endpoint, with the (possibly rewritten) path and the same query."""
-    raw_path = path.encode("ascii", "replace")
-    if url.query:
-        raw_path += b"?" + url.query
-    return url.copy_with(scheme="http", host=endpoint.host, port=endpoint.port, raw_path=raw_path)
+def request_target(url: httpx.URL, path: str) -> bytes:
+    """The request target (path and query) to send upstream, with the rewritten path."""
+    if path == url.path:
+        return url.raw_path
+    target = path.encode("ascii", "replace")
+    return target + b"?" + url.query if url.query else target
 
 
-def set_attempt_timeout(request: httpx.Request, timeout: float | None) -> None:
-    """Cap every phase of this attempt at ``timeout`` seconds (keeping tighter client values)."""
+def upstream_headers(request: httpx.Request, authority: str) -> list[tuple[bytes, bytes]]:
+    """The request's headers as sent upstream: the logical authority as Host."""
+    headers = [(b"host", authority.encode("ascii", "replace"))]
+    headers.extend(item for item in request.headers.raw if item[0].lower() != b"host")
+    return headers
+
+
+def attempt_timeouts(request: httpx.Request, timeout: float | None) -> dict[str, float | None]:
+    """The client's timeouts for this attempt, each capped at ``timeout`` seconds."""
+    current: dict[str, float | None] = request.extensions.get("timeout") or {}
     if timeout is None:
-        return
-    current = dict(request.extensions.get("timeout") or {})
-    capped = {}
-    for phase in ("connect", "read", "write", "pool"):
-        value = current.get(phase)
-        capped[phase] = timeout if value is None else min(value, timeout)
-    request.extensions["timeout"] = capped
+        return current
+    return {
+        phase: timeout if current.get(phase) is None else min(current[phase] or timeout, timeout)
+        for phase in ("connect", "read", "write", "pool")
+    }
 
 
 def pool_timeout(request: httpx.Request) -> float:

@@ -18,6 +18,7 @@ from meshware.config.model.networking import Destination
 from meshware.errors import MeshTransportError, UpstreamOverflowError, UpstreamTimeoutError
 from meshware.resilience.retry import Outcome
 from meshware.routing.balance import Balancer
+from meshware.transport.endpoint import EndpointPool
 from meshware.transport.outbound import (
     MeshView,
     Outbound,
@@ -30,10 +31,11 @@ from meshware.transport.pools import PoolSet
 from meshware.transport.shared import (
     MAX_MIRRORS_IN_FLIGHT,
     abort_response,
-    attempt_url,
+    attempt_timeouts,
     mirror_request,
     pool_timeout,
-    set_attempt_timeout,
+    request_target,
+    upstream_headers,
 )
 from meshware.transport.streams import ClosingStream
 
@@ -53,9 +55,7 @@ class MeshTransport(httpx.BaseTransport):
         self.outbound = Outbound(mesh, rng=rng, clock=clock)
         self._clock = clock
         self._sleep = sleep
-        self._pools: PoolSet[httpx.HTTPTransport] = PoolSet(
-            lambda limits: httpx.HTTPTransport(limits=limits)
-        )
+        self._pools: PoolSet[EndpointPool] = PoolSet(EndpointPool)
         self._passthrough = passthrough or httpx.HTTPTransport()
         self._mirrors = ThreadPoolExecutor(max_workers=4, thread_name_prefix="meshware-mirror")
         self._mirror_slots = threading.BoundedSemaphore(MAX_MIRRORS_IN_FLIGHT)
@@ -127,67 +127,63 @@ class MeshTransport(httpx.BaseTransport):
 
     def _send(self, request: httpx.Request, plan: Plan) -> httpx.Response:
         outbound = self.outbound
-        original_url = request.url
         deadline = self._clock() + plan.timeout if plan.timeout else None
         plan.state.budget.deposit()
-        apply_header_operations(request.headers, plan.request_headers)
-        request.headers["host"] = plan.authority
+        if plan.request_headers:
+            apply_header_operations(request.headers, plan.request_headers)
+        headers = upstream_headers(request, plan.authority)
+        target = request_target(request.url, plan.path)
         attempt = 0
-        try:
-            while True:
-                try:
-                    endpoint = outbound.pick(plan)
-                except MeshTransportError as exc:
-                    exc.request = request
+        while True:
+            try:
+                endpoint = outbound.pick(plan)
+            except MeshTransportError as exc:
+                exc.request = request
+                raise
+            timeout = outbound.attempt_timeout(plan, deadline)
+            if timeout is not None and timeout <= 0:
+                raise UpstreamTimeoutError(
+                    f"upstream request timeout ({plan.timeout:g}s)", request=request
+                )
+            pool = self._pools.get(endpoint, plan.state.limits.max_connections)
+            balancer = plan.state.balancer
+            balancer.start(endpoint.address)
+            try:
+                response = pool.send(request, target, headers, attempt_timeouts(request, timeout))
+            except httpx.TransportError as exc:
+                balancer.finish(endpoint.address)
+                outcome = outcome_of(exc)
+                outbound.record(plan, endpoint, outcome)
+                attempt += 1
+                delay = outbound.retry_delay(plan, attempt, outcome, deadline)
+                if delay is None:
+                    if deadline is not None and self._clock() >= deadline:
+                        raise UpstreamTimeoutError(
+                            f"upstream request timeout ({plan.timeout:g}s)", request=request
+                        ) from exc
                     raise
-                timeout = outbound.attempt_timeout(plan, deadline)
-                if timeout is not None and timeout <= 0:
-                    raise UpstreamTimeoutError(
-                        f"upstream request timeout ({plan.timeout:g}s)", request=request
-                    )
-                request.url = attempt_url(original_url, endpoint, plan.path)
-                set_attempt_timeout(request, timeout)
-                pool = self._pools.get(endpoint.address, plan.state.limits.max_connections)
-                balancer = plan.state.balancer
-                balancer.start(endpoint.address)
-                try:
-                    response = pool.handle_request(request)
-                except httpx.TransportError as exc:
-                    balancer.finish(endpoint.address)
-                    outcome = outcome_of(exc)
-                    outbound.record(plan, endpoint, outcome)
+                self._sleep(delay)
+                continue
+            outcome = Outcome("response", response.status_code, sent=True)
+            outbound.record(plan, endpoint, outcome)
+            if response.status_code >= 400:
+                delay = outbound.retry_delay(plan, attempt + 1, outcome, deadline)
+                if delay is not None:
                     attempt += 1
-                    delay = outbound.retry_delay(plan, attempt, outcome, deadline)
-                    if delay is None:
-                        if deadline is not None and self._clock() >= deadline:
-                            raise UpstreamTimeoutError(
-                                f"upstream request timeout ({plan.timeout:g}s)", request=request
-                            ) from exc
-                        raise
+                    response.close()
+                    balancer.finish(endpoint.address)
                     self._sleep(delay)
                     continue
-                outcome = Outcome("response", response.status_code, sent=True)
-                outbound.record(plan, endpoint, outcome)
-                if response.status_code >= 400:
-                    delay = outbound.retry_delay(plan, attempt + 1, outcome, deadline)
-                    if delay is not None:
-                        attempt += 1
-                        response.close()
-                        balancer.finish(endpoint.address)
-                        self._sleep(delay)
-                        continue
-                apply_header_operations(response.headers, plan.response_headers)
-                address = endpoint.address
+            apply_header_operations(response.headers, plan.response_headers)
+            address = endpoint.address
 
-                def done(address: str = address, balancer: Balancer = balancer) -> None:
-                    balancer.finish(address)
-                    self._release(plan)
+            def done(address: str = address, balancer: Balancer = balancer) -> None:
+                balancer.finish(address)
+                self._release(plan)
 
-                assert isinstance(response.stream, httpx.SyncByteStream)
-                response.stream = ClosingStream(response.stream, done)
-                return response
-        finally:
-            request.url = original_url
+            assert isinstance(response.stream, httpx.SyncByteStream)
+            response.stream = ClosingStream(response.stream, done)
+            return response
 
     # -- mirroring ---------------------------------------------------------------------------
 
@@ -207,8 +203,11 @@ class MeshTransport(httpx.BaseTransport):
                 return
             address = state.balancer.pick([e.address for e in endpoints], None)
             endpoint = next(e for e in endpoints if e.address == address)
-            shadow.url = attempt_url(shadow.url, endpoint, shadow.url.path)
-            response = self._pools.get(endpoint.address).handle_request(shadow)
+            target = request_target(shadow.url, shadow.url.path)
+            headers = upstream_headers(shadow, shadow.headers["host"])
+            response = self._pools.get(endpoint).send(
+                shadow, target, headers, attempt_timeouts(shadow, None)
+            )
             response.read()
             response.close()
         except (httpx.HTTPError, MeshTransportError):
