@@ -8,13 +8,21 @@ from meshware.errors import (
     ApplyConflictError,
     ConfigError,
     ControlPlaneError,
+    EgressBlockedError,
     MeshStateError,
+    MeshTransportError,
     MeshwareError,
+    NoHealthyUpstreamError,
+    NoRouteError,
     NotFoundError,
     Problem,
+    UpstreamOverflowError,
+    UpstreamTimeoutError,
 )
 from meshware.mesh import Mesh
 from meshware.settings import Settings
+from meshware.transport.aio import AsyncMeshTransport
+from meshware.transport.sync import MeshTransport
 
 __version__ = "0.1.0"
 
@@ -22,15 +30,23 @@ logging.getLogger("meshware").addHandler(logging.NullHandler())
 
 __all__ = [
     "ApplyConflictError",
+    "AsyncMeshTransport",
     "ConfigError",
     "ControlPlaneError",
+    "EgressBlockedError",
     "Mesh",
     "MeshConfig",
     "MeshStateError",
+    "MeshTransport",
+    "MeshTransportError",
     "MeshwareError",
+    "NoHealthyUpstreamError",
+    "NoRouteError",
     "NotFoundError",
     "Problem",
     "Settings",
     "Snapshot",
+    "UpstreamOverflowError",
+    "UpstreamTimeoutError",
     "__version__",
 ]

@@ -20,9 +20,9 @@ def free_port() -> int:
 
 
 @contextmanager
-def serve_asgi(app: Any, *, timeout: float = 10.0) -> Iterator[str]:
+def serve_asgi(app: Any, *, port: int | None = None, timeout: float = 10.0) -> Iterator[str]:
     """Run ``app`` under uvicorn (lifespan on) and yield its base URL; stop it afterwards."""
-    port = free_port()
+    port = port or free_port()
     config = uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="on", log_level="warning")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 
 import httpx
 
+from meshware.config.discovery import EndpointTable
 from meshware.config.model.networking import Destination
 from meshware.errors import MeshTransportError, UpstreamOverflowError, UpstreamTimeoutError
 from meshware.resilience.retry import Outcome
@@ -31,6 +32,7 @@ from meshware.transport.shared import (
     MAX_MIRRORS_IN_FLIGHT,
     abort_response,
     attempt_timeouts,
+    live_addresses,
     mirror_request,
     pool_timeout,
     request_target,
@@ -59,8 +61,13 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
         self._mirror_tasks: set[asyncio.Task[None]] = set()
         self._notify_tasks: set[asyncio.Task[None]] = set()
         self._conditions: dict[int, asyncio.Condition] = {}
+        self._pruned_for: EndpointTable | None = None
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        table = self.outbound.mesh.endpoint_table
+        if table is not self._pruned_for:
+            self._pruned_for = table
+            await self.prune(live_addresses(table))
         try:
             plan = self.outbound.plan(request)
         except MeshTransportError as exc:

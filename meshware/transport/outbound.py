@@ -217,6 +217,11 @@ class Outbound:
         route = decision.route
         extras = self._route_extras(decision)
         state, selected = self._target(decision, routes, endpoints)
+        if not selected.endpoints:
+            entry = routes.service_entry(decision.service_host)
+            if entry is not None and not entry.spec.endpoints:
+                # A ServiceEntry resolved by DNS (or not at all): allowed out, sent as written.
+                return PASSTHROUGH
         fault = (
             decide_fault(route.fault, self.rng)
             if route is not None and route.fault is not None

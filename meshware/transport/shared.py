@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import httpx
 
+from meshware.config.discovery import EndpointTable
 from meshware.resilience.mirror import shadow_authority
 from meshware.transport.outbound import Plan
 
 MAX_MIRRORS_IN_FLIGHT = 64
 DEFAULT_POOL_TIMEOUT = 5.0
+
+
+def live_addresses(table: EndpointTable) -> set[str]:
+    """Every registered endpoint address: pools for anything else can be closed."""
+    return {e.address for endpoints in table.services.values() for e in endpoints}
 
 
 def request_target(url: httpx.URL, path: str) -> bytes:

@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 
+from meshware.config.discovery import EndpointTable
 from meshware.config.model.networking import Destination
 from meshware.errors import MeshTransportError, UpstreamOverflowError, UpstreamTimeoutError
 from meshware.resilience.retry import Outcome
@@ -32,6 +33,7 @@ from meshware.transport.shared import (
     MAX_MIRRORS_IN_FLIGHT,
     abort_response,
     attempt_timeouts,
+    live_addresses,
     mirror_request,
     pool_timeout,
     request_target,
@@ -61,8 +63,13 @@ class MeshTransport(httpx.BaseTransport):
         self._mirror_slots = threading.BoundedSemaphore(MAX_MIRRORS_IN_FLIGHT)
         self._conditions: dict[int, threading.Condition] = {}
         self._lock = threading.Lock()
+        self._pruned_for: EndpointTable | None = None
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
+        table = self.outbound.mesh.endpoint_table
+        if table is not self._pruned_for:
+            self._pruned_for = table
+            self.prune(live_addresses(table))
         try:
             plan = self.outbound.plan(request)
         except MeshTransportError as exc:
