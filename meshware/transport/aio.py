@@ -16,7 +16,6 @@ import httpx
 from meshware.config.discovery import EndpointTable
 from meshware.config.model.networking import Destination
 from meshware.errors import MeshTransportError, UpstreamOverflowError, UpstreamTimeoutError
-from meshware.resilience.retry import Outcome
 from meshware.routing.balance import Balancer
 from meshware.transport.endpoint import AsyncEndpointPool
 from meshware.transport.outbound import (
@@ -25,7 +24,6 @@ from meshware.transport.outbound import (
     Passthrough,
     Plan,
     apply_header_operations,
-    outcome_of,
 )
 from meshware.transport.pools import PoolSet
 from meshware.transport.shared import (
@@ -162,29 +160,16 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
                     request, target, headers, attempt_timeouts(request, timeout)
                 )
             except httpx.TransportError as exc:
-                balancer.finish(endpoint.address)
-                outcome = outcome_of(exc)
-                outbound.record(plan, endpoint, outcome)
                 attempt += 1
-                delay = outbound.retry_delay(plan, attempt, outcome, deadline)
-                if delay is None:
-                    if deadline is not None and self._clock() >= deadline:
-                        raise UpstreamTimeoutError(
-                            f"upstream request timeout ({plan.timeout:g}s)", request=request
-                        ) from exc
-                    raise
+                await self._sleep(outbound.failed(plan, endpoint, exc, attempt, deadline))
+                continue
+            delay = outbound.answered(plan, endpoint, response.status_code, attempt, deadline)
+            if delay is not None:
+                attempt += 1
+                await response.aclose()
+                balancer.finish(endpoint.address)
                 await self._sleep(delay)
                 continue
-            outcome = Outcome("response", response.status_code, sent=True)
-            outbound.record(plan, endpoint, outcome)
-            if response.status_code >= 400:
-                delay = outbound.retry_delay(plan, attempt + 1, outcome, deadline)
-                if delay is not None:
-                    attempt += 1
-                    await response.aclose()
-                    balancer.finish(endpoint.address)
-                    await self._sleep(delay)
-                    continue
             apply_header_operations(response.headers, plan.response_headers)
             address = endpoint.address
 

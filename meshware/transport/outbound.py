@@ -30,7 +30,12 @@ from meshware.config.model.networking import (
     HTTPRoute,
     TrafficPolicy,
 )
-from meshware.errors import EgressBlockedError, NoHealthyUpstreamError, NoRouteError
+from meshware.errors import (
+    EgressBlockedError,
+    NoHealthyUpstreamError,
+    NoRouteError,
+    UpstreamTimeoutError,
+)
 from meshware.resilience.fault import FaultDecision, decide_fault
 from meshware.resilience.limits import Admission, ConnectionLimits
 from meshware.resilience.mirror import decide_mirrors
@@ -342,6 +347,41 @@ class Outbound:
             budget=plan.state.budget,
         )
         return decision.delay if decision.retry else None
+
+    def failed(
+        self,
+        plan: Plan,
+        endpoint: Endpoint,
+        exc: httpx.TransportError,
+        attempt: int,
+        deadline: float | None,
+    ) -> float:
+        """After attempt number ``attempt`` raised ``exc``: the backoff before the next one.
+
+        Raises ``exc`` again when no retry is allowed, or :class:`UpstreamTimeoutError` when
+        the route's deadline is what ended it.
+        """
+        plan.state.balancer.finish(endpoint.address)
+        outcome = outcome_of(exc)
+        self.record(plan, endpoint, outcome)
+        delay = self.retry_delay(plan, attempt, outcome, deadline)
+        if delay is not None:
+            return delay
+        if deadline is not None and self.clock() >= deadline:
+            raise UpstreamTimeoutError(
+                f"upstream request timeout ({plan.timeout:g}s)", request=exc.request
+            ) from exc
+        raise exc
+
+    def answered(
+        self, plan: Plan, endpoint: Endpoint, status: int, attempt: int, deadline: float | None
+    ) -> float | None:
+        """After attempt number ``attempt`` got ``status``: the backoff before a retry, or None."""
+        outcome = Outcome("response", status, sent=True)
+        self.record(plan, endpoint, outcome)
+        if status < 400:
+            return None
+        return self.retry_delay(plan, attempt + 1, outcome, deadline)
 
     def attempt_timeout(self, plan: Plan, deadline: float | None) -> float | None:
         """The timeout for the next attempt: per-try timeout capped by the overall deadline."""
