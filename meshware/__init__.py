@@ -20,6 +20,9 @@ from meshware.errors import (
     UpstreamTimeoutError,
 )
 from meshware.mesh import Mesh
+from meshware.middleware.asgi import MeshMiddleware
+from meshware.middleware.context import current as current_request
+from meshware.middleware.wsgi import MeshWSGIMiddleware
 from meshware.settings import Settings
 from meshware.transport.aio import AsyncMeshTransport
 from meshware.transport.sync import MeshTransport
@@ -36,9 +39,11 @@ __all__ = [
     "EgressBlockedError",
     "Mesh",
     "MeshConfig",
+    "MeshMiddleware",
     "MeshStateError",
     "MeshTransport",
     "MeshTransportError",
+    "MeshWSGIMiddleware",
     "MeshwareError",
     "NoHealthyUpstreamError",
     "NoRouteError",
@@ -49,4 +54,5 @@ __all__ = [
     "UpstreamOverflowError",
     "UpstreamTimeoutError",
     "__version__",
+    "current_request",
 ]

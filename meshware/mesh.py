@@ -28,6 +28,7 @@ from meshware.config.channel import FileConfigSource, RedisConfigChannel
 from meshware.config.discovery import EMPTY_TABLE, EndpointTable, EndpointWatcher
 from meshware.config.keys import Keys
 from meshware.config.model.mesh import MeshConfig
+from meshware.config.model.networking import VirtualService
 from meshware.config.registry import InstanceRecord
 from meshware.config.watch import ConfigWatcher, Snapshot
 from meshware.errors import MeshStateError
@@ -122,6 +123,11 @@ class Mesh:
         self._tasks: list[asyncio.Task[None]] = []
         self._started = threading.Event()
         self._lock = threading.Lock()
+        self._draining = False
+        self._inflight = 0
+        self._inflight_lock = threading.Lock()
+        self._idle = threading.Condition(self._inflight_lock)
+        self._sticky: tuple[Snapshot, frozenset[str]] | None = None
 
     # -- what the request path reads -----------------------------------------------------
 
@@ -161,8 +167,88 @@ class Mesh:
         watcher = self._endpoints
         return watcher.table if watcher is not None else EMPTY_TABLE
 
+    @property
+    def sticky_headers(self) -> frozenset[str]:
+        """Header names of sticky-cohort keys in the applied config: inbound requests forward
+        them to the calls they make, so a user stays in one cohort across services."""
+        snapshot = self.watcher.snapshot
+        cached = self._sticky
+        if cached is not None and cached[0] is snapshot:
+            return cached[1]
+        names = frozenset(
+            sticky.name.lower()
+            for vs in snapshot.config.of(VirtualService)
+            if (sticky := vs.sticky) is not None and sticky.source == "header"
+        )
+        self._sticky = (snapshot, names)
+        return names
+
+    # -- inbound bookkeeping (graceful draining) -------------------------------------------
+
+    @property
+    def draining(self) -> bool:
+        """True once shutdown began: callers are told to stop picking this instance."""
+        return self._draining
+
+    @property
+    def inflight(self) -> int:
+        """Inbound requests being handled now (counted by the middleware)."""
+        return self._inflight
+
+    def request_started(self) -> None:
+        with self._inflight_lock:
+            self._inflight += 1
+
+    def request_finished(self) -> None:
+        with self._inflight_lock:
+            self._inflight -= 1
+            if self._inflight <= 0:
+                self._idle.notify_all()
+
+    def drain(self, *, timeout: float = 15.0, settle: float = 0.25) -> bool:
+        """Mark this instance draining, let callers notice, wait for in-flight requests.
+
+        Callers stop picking a draining instance as soon as their endpoint watcher hears of it
+        (a pub/sub hint, then a registry read: well under a second). ``settle`` covers requests
+        already on their way. Returns False if requests were still running after ``timeout``.
+        """
+        if self._draining:
+            return self._wait_idle(timeout)
+        self._draining = True
+        channel, loop = self._channel, self._loop
+        if channel is not None and loop is not None and loop.is_running():
+            future = asyncio.run_coroutine_threadsafe(channel.publish_now("draining"), loop)
+            try:
+                future.result(timeout=2.0)
+            except Exception as exc:  # Redis down: callers learn from the TTL instead
+                log.warning("could not announce draining: %s", exc)
+        if self.settings.address:
+            time.sleep(settle)
+        return self._wait_idle(timeout)
+
+    def _wait_idle(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        with self._inflight_lock:
+            while self._inflight > 0:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    log.warning(
+                        "%d requests still running after %gs of draining", self._inflight, timeout
+                    )
+                    return False
+                self._idle.wait(left)
+        return True
+
     def _compile(self, snapshot: Snapshot) -> None:
         self._routes = RouteTable.compile(snapshot.config)
+
+    @property
+    def admin_app(self) -> Any:
+        """An ASGI app with ``/healthz``, ``/readyz`` and ``/config_dump`` (Envoy's admin, in
+        short). Serve it on its own port or mount it yourself; it is never added to your app."""
+        from meshware.admin import build_admin_app
+
+        return build_admin_app(self)
 
     # -- outbound clients ----------------------------------------------------------------
 
@@ -222,6 +308,7 @@ class Mesh:
             nack_epoch=nack.epoch if nack else "",
             nack_version=nack.version if nack else 0,
             nack_reason=nack.reason if nack else "",
+            draining=self._draining,
         )
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -240,6 +327,7 @@ class Mesh:
             if self._thread is not None:
                 raise MeshStateError(f"mesh instance {self.instance_id} is already started")
             self.started_at = time.time()
+            self._draining = False
             if self.settings.redis_url and self.watcher.load_last_known_good():
                 log.info("starting from last-known-good config v%s", self.watcher.snapshot.version)
             self._thread = threading.Thread(
@@ -255,8 +343,10 @@ class Mesh:
                 time.sleep(0.005)
         return self
 
-    def stop(self, *, timeout: float = 5.0) -> None:
-        """Stop background work and deregister from the registry. Idempotent."""
+    def stop(self, *, timeout: float = 5.0, drain: float = 15.0) -> None:
+        """Drain (see :meth:`drain`), then stop background work and deregister. Idempotent."""
+        if self._thread is not None and self.settings.address:
+            self.drain(timeout=drain)
         with self._lock:
             thread, loop = self._thread, self._loop
             if thread is None or loop is None:

@@ -11,6 +11,8 @@ from click.testing import CliRunner, Result
 
 from meshware import Mesh
 from meshware.cli.main import cli
+from meshware.config.parse import load_yaml
+from meshware.config.store import ConfigStore
 from meshware.embedded_redis import RedisServer
 
 
@@ -65,3 +67,18 @@ def meshctl(redis_url: str) -> Callable[..., Result]:
         )
 
     return run
+
+
+@pytest.fixture
+def apply_yaml(redis_url: str) -> Callable[[str], int]:
+    def apply(text: str) -> int:
+        store = ConfigStore.from_url(redis_url)
+        try:
+            result = store.apply(load_yaml(text, "test.yaml"))
+            current = store.head()
+            assert current is not None
+            return current.version if result.record is None else result.record.version
+        finally:
+            store.close()
+
+    return apply

@@ -18,21 +18,22 @@ import argparse
 import asyncio
 import json
 import os
+import time
 from pathlib import Path
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from meshware import Mesh
+from meshware import Mesh, MeshMiddleware, serving
 
 
 def build_app(mesh: Mesh, log: Path | None, delay: float = 0.0) -> Starlette:
     async def handle(request: Request) -> Response:
         body = await request.body()
         record = {
+            "t": time.time(),
             "service": mesh.service,
             "version": mesh.version,
             "method": request.method,
@@ -60,10 +61,9 @@ def build_app(mesh: Mesh, log: Path | None, delay: float = 0.0) -> Starlette:
         return JSONResponse(record, headers={"x-upstream-version": mesh.version})
 
     methods = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"]
-    return Starlette(
-        routes=[Route("/{path:path}", handle, methods=methods)],
-        lifespan=mesh.lifespan,
-    )
+    app = Starlette(routes=[Route("/{path:path}", handle, methods=methods)], lifespan=mesh.lifespan)
+    app.add_middleware(MeshMiddleware, mesh=mesh)
+    return app
 
 
 def main() -> None:
@@ -86,7 +86,7 @@ def main() -> None:
         instance_ttl=3.0,
     )
     app = build_app(mesh, Path(args.log) if args.log else None, args.delay)
-    uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", lifespan="on")
+    serving.run(app, mesh, host="127.0.0.1", port=args.port, log_level="warning")
 
 
 if __name__ == "__main__":

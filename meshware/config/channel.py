@@ -253,6 +253,15 @@ class RedisConfigChannel:
             pipe.publish(self.keys.acks, json.dumps(event))
         await pipe.execute()
 
+    async def publish_now(self, what: str) -> None:
+        """Write the record at once and hint every endpoint watcher (e.g. on draining)."""
+        client = async_client(self.url, timeout=2.0)
+        try:
+            await self._publish_record(client)
+            await self.announce(client, what)
+        finally:
+            await aclose_quietly(client)
+
     async def announce(self, client: redis.asyncio.Redis, what: str) -> None:
         """Hint every instance's endpoint watcher to refresh now (registered, draining, ...)."""
         record = self._record()

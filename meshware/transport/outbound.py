@@ -368,9 +368,7 @@ class Outbound:
         if delay is not None:
             return delay
         if deadline is not None and self.clock() >= deadline:
-            raise UpstreamTimeoutError(
-                f"upstream request timeout ({plan.timeout:g}s)", request=exc.request
-            ) from exc
+            raise UpstreamTimeoutError(timeout_message(plan), request=exc.request) from exc
         raise exc
 
     def answered(
@@ -447,6 +445,13 @@ def _service_endpoints(host: str, routes: RouteTable, table: EndpointTable) -> t
             )
         )
     return registered + tuple(static)
+
+
+def timeout_message(plan: Plan) -> str:
+    """Why an :class:`UpstreamTimeoutError` was raised, for its message."""
+    if plan.timeout:
+        return f"upstream request timeout (route timeout {plan.timeout:g}s)"
+    return "upstream request timeout (the caller's deadline passed)"
 
 
 def _rewrite(info: RequestInfo, decision: RouteDecision) -> tuple[str, str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import httpx
 
 from meshware.config.discovery import EndpointTable
+from meshware.middleware.context import RequestContext
 from meshware.resilience.mirror import shadow_authority
 from meshware.transport.outbound import Plan
 
@@ -25,10 +26,17 @@ def request_target(url: httpx.URL, path: str) -> bytes:
     return target + b"?" + url.query if url.query else target
 
 
-def upstream_headers(request: httpx.Request, authority: str) -> list[tuple[bytes, bytes]]:
-    """The request's headers as sent upstream: the logical authority as Host."""
+def upstream_headers(
+    request: httpx.Request, authority: str, context: RequestContext | None = None, now: float = 0.0
+) -> list[tuple[bytes, bytes]]:
+    """The request's headers as sent upstream: the logical authority as Host, and the inbound
+    request's context (trace, baggage, request id, deadline, sticky keys) unless the
+    application set those headers itself."""
     headers = [(b"host", authority.encode("ascii", "replace"))]
     headers.extend(item for item in request.headers.raw if item[0].lower() != b"host")
+    if context is not None:
+        present = {name.lower() for name, _ in headers}
+        headers.extend(item for item in context.outbound_headers(now) if item[0] not in present)
     return headers
 
 

@@ -17,6 +17,7 @@ import httpx
 from meshware.config.discovery import EndpointTable
 from meshware.config.model.networking import Destination
 from meshware.errors import MeshTransportError, UpstreamOverflowError, UpstreamTimeoutError
+from meshware.middleware.context import current_context
 from meshware.routing.balance import Balancer
 from meshware.transport.endpoint import EndpointPool
 from meshware.transport.outbound import (
@@ -25,6 +26,7 @@ from meshware.transport.outbound import (
     Passthrough,
     Plan,
     apply_header_operations,
+    timeout_message,
 )
 from meshware.transport.pools import PoolSet
 from meshware.transport.shared import (
@@ -132,11 +134,15 @@ class MeshTransport(httpx.BaseTransport):
 
     def _send(self, request: httpx.Request, plan: Plan) -> httpx.Response:
         outbound = self.outbound
-        deadline = self._clock() + plan.timeout if plan.timeout else None
+        now = self._clock()
+        deadline = now + plan.timeout if plan.timeout else None
+        context = current_context.get()
+        if context is not None and context.deadline is not None:
+            deadline = context.deadline if deadline is None else min(deadline, context.deadline)
         plan.state.budget.deposit()
         if plan.request_headers:
             apply_header_operations(request.headers, plan.request_headers)
-        headers = upstream_headers(request, plan.authority)
+        headers = upstream_headers(request, plan.authority, context, now)
         target = request_target(request.url, plan.path)
         attempt = 0
         while True:
@@ -147,9 +153,7 @@ class MeshTransport(httpx.BaseTransport):
                 raise
             timeout = outbound.attempt_timeout(plan, deadline)
             if timeout is not None and timeout <= 0:
-                raise UpstreamTimeoutError(
-                    f"upstream request timeout ({plan.timeout:g}s)", request=request
-                )
+                raise UpstreamTimeoutError(timeout_message(plan), request=request)
             pool = self._pools.get(endpoint, plan.state.limits.max_connections)
             balancer = plan.state.balancer
             balancer.start(endpoint.address)

@@ -15,8 +15,6 @@ import httpx
 import pytest
 
 from meshware import Mesh
-from meshware.config.parse import load_yaml
-from meshware.config.store import ConfigStore
 from meshware.embedded_redis import free_port
 from tests.helpers import ROOT, wait_until
 
@@ -106,21 +104,6 @@ def upstreams(redis_url: str, tmp_path: Path) -> Iterator[Callable[..., Upstream
     yield start
     for upstream in started:
         upstream.kill()
-
-
-@pytest.fixture
-def apply_yaml(redis_url: str) -> Callable[[str], int]:
-    def apply(text: str) -> int:
-        store = ConfigStore.from_url(redis_url)
-        try:
-            result = store.apply(load_yaml(text, "test.yaml"))
-            current = store.head()
-            assert current is not None
-            return current.version if result.record is None else result.record.version
-        finally:
-            store.close()
-
-    return apply
 
 
 @pytest.fixture

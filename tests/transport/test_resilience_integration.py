@@ -260,3 +260,58 @@ def test_slow_mirror_does_not_slow_the_primary(
     assert len(copies) == 1
     assert copies[0]["host"] == "httpbin-shadow:8000"
     assert len(primary.received()) == 1
+
+
+ROLLING = """
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews}
+spec:
+  host: reviews
+  trafficPolicy: {loadBalancer: {simple: ROUND_ROBIN}}
+"""
+
+
+def test_rolling_restart_under_load_loses_no_request(
+    upstreams: Callable[..., Upstream], apply_yaml: Callable[[str], int], caller: Mesh
+) -> None:
+    old = [upstreams("reviews", "v1") for _ in range(2)]
+    wait_for_version(caller, apply_yaml(ROLLING))
+    wait_for_endpoints(caller, "reviews", 2)
+    errors: list[BaseException] = []
+    done = 0
+    stop = threading.Event()
+
+    with caller.client(timeout=10) as client:
+
+        def load() -> None:
+            nonlocal done
+            while not stop.is_set():
+                try:
+                    if client.get("http://reviews/reviews/1").status_code != 200:
+                        errors.append(AssertionError("non-200"))
+                except httpx.HTTPError as exc:
+                    errors.append(exc)
+                done += 1
+
+        workers = [threading.Thread(target=load) for _ in range(4)]
+        for worker in workers:
+            worker.start()
+        try:
+            for victim in old:  # replace each instance in turn
+                assert wait_until(lambda: done > 100, timeout=20)
+                replacement = upstreams("reviews", "v1")
+                wait_for_endpoints(caller, "reviews", 3)
+                shutdown_began = time.time()
+                assert victim.proc is not None
+                victim.proc.terminate()  # SIGTERM: drain, finish in-flight, deregister
+                assert victim.proc.wait(timeout=30) == 0
+                late = [r for r in victim.received() if r.get("t", 0) > shutdown_began + 1.0]
+                assert late == [], f"{len(late)} requests reached the stopping instance after 1 s"
+                assert wait_until(lambda r=replacement: len(r.received()) > 0, timeout=10)
+        finally:
+            stop.set()
+            for worker in workers:
+                worker.join(timeout=20)
+    assert errors == []
+    assert done > 200

@@ -1,0 +1,1 @@
+"""Inbound: ASGI/WSGI middleware and the request context carried to outbound calls."""

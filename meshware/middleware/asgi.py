@@ -1,0 +1,80 @@
+"""``MeshMiddleware``: the inbound half of the mesh for ASGI apps (FastAPI, Starlette, ...).
+
+Per HTTP request it builds the :class:`~meshware.middleware.context.RequestContext` from the
+request headers, sets it for the request's task (tasks the app spawns inherit it), counts the
+request in flight for graceful draining, and, while the instance drains, asks clients to
+close their connection. Websocket and lifespan scopes pass through untouched; the response is
+never buffered.
+
+    app.add_middleware(MeshMiddleware, mesh=mesh)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from meshware.mesh import Mesh
+from meshware.middleware.context import current_context, from_headers
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+_WANTED = frozenset(
+    {"traceparent", "tracestate", "baggage", "x-request-id", "x-meshware-deadline-ms"}
+)
+
+
+class MeshMiddleware:
+    """See the module docstring."""
+
+    def __init__(self, app: ASGIApp, *, mesh: Mesh) -> None:
+        if not isinstance(mesh, Mesh):
+            raise TypeError(f"MeshMiddleware needs mesh=Mesh(...), got {type(mesh).__name__}")
+        self.app = app
+        self.mesh = mesh
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        mesh = self.mesh
+        sticky = mesh.sticky_headers
+        wanted = _WANTED | sticky if sticky else _WANTED
+        found: dict[str, str] = {}
+        for raw_name, raw_value in scope["headers"]:
+            name = raw_name.decode("latin-1").lower()
+            if name in wanted and name not in found:
+                found[name] = raw_value.decode("latin-1")
+        context = from_headers(found, sticky_headers=sticky)
+        if "x-request-id" not in found:
+            # The app sees the id the mesh generated, as behind Envoy.
+            scope["headers"] = [*scope["headers"], (b"x-request-id", context.request_id.encode())]
+        token = current_context.set(context)
+        mesh.request_started()
+        try:
+            if mesh.draining:
+                await self.app(scope, receive, _closing(send))
+            else:
+                await self.app(scope, receive, send)
+        finally:
+            mesh.request_finished()
+            current_context.reset(token)
+
+
+def _closing(send: Send) -> Send:
+    """Add ``connection: close`` to the response: a draining instance sheds keep-alive clients."""
+
+    async def wrapped(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            headers = [h for h in message.get("headers", []) if h[0].lower() != b"connection"]
+            message = {**message, "headers": [*headers, (b"connection", b"close")]}
+        await send(message)
+
+    return wrapped
+
+
+__all__ = ["MeshMiddleware"]

@@ -1,0 +1,98 @@
+"""``MeshWSGIMiddleware``: the inbound half of the mesh for WSGI apps (Flask, Django, ...).
+
+The request context is set in the request's thread from the request headers until the
+server closes the response iterable (so a streaming body that makes outbound calls still
+carries it), the request is counted in flight for graceful draining, and the app's iterable
+is always closed.
+
+    flask_app.wsgi_app = MeshWSGIMiddleware(flask_app.wsgi_app, mesh=mesh)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from contextvars import Token
+from typing import Any
+
+from meshware.mesh import Mesh
+from meshware.middleware.context import RequestContext, current_context, from_headers
+
+Environ = dict[str, Any]
+StartResponse = Callable[..., Any]
+WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
+
+_WANTED = {
+    "HTTP_TRACEPARENT": "traceparent",
+    "HTTP_TRACESTATE": "tracestate",
+    "HTTP_BAGGAGE": "baggage",
+    "HTTP_X_REQUEST_ID": "x-request-id",
+    "HTTP_X_MESHWARE_DEADLINE_MS": "x-meshware-deadline-ms",
+}
+
+
+class MeshWSGIMiddleware:
+    """See the module docstring."""
+
+    def __init__(self, app: WSGIApp, *, mesh: Mesh) -> None:
+        if not isinstance(mesh, Mesh):
+            raise TypeError(f"MeshWSGIMiddleware needs mesh=Mesh(...), got {type(mesh).__name__}")
+        self.app = app
+        self.mesh = mesh
+
+    def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        mesh = self.mesh
+        found = {header: environ[key] for key, header in _WANTED.items() if key in environ}
+        sticky = mesh.sticky_headers
+        for name in sticky:
+            key = "HTTP_" + name.upper().replace("-", "_")
+            if key in environ:
+                found[name] = environ[key]
+        context = from_headers(found, sticky_headers=sticky)
+        if "x-request-id" not in found:
+            environ["HTTP_X_REQUEST_ID"] = context.request_id
+        token = current_context.set(context)
+        mesh.request_started()
+        try:
+            result = self.app(environ, start_response)
+        except BaseException:
+            mesh.request_finished()
+            current_context.reset(token)
+            raise
+        return _Response(result, mesh, token, context)
+
+
+class _Response:
+    """The app's iterable, keeping the request context and in-flight count until close()."""
+
+    def __init__(
+        self,
+        inner: Iterable[bytes],
+        mesh: Mesh,
+        token: Token[RequestContext | None],
+        context: RequestContext,
+    ) -> None:
+        self._inner = inner
+        self._mesh = mesh
+        self._token: Token[RequestContext | None] | None = token
+        self._context = context
+
+    def __iter__(self) -> Iterator[bytes]:
+        token = current_context.set(self._context)  # servers may iterate elsewhere
+        try:
+            yield from self._inner
+        finally:
+            current_context.reset(token)
+
+    def close(self) -> None:
+        try:
+            close = getattr(self._inner, "close", None)
+            if close is not None:
+                close()
+        finally:
+            token, self._token = self._token, None
+            if token is not None:
+                self._mesh.request_finished()
+                try:
+                    current_context.reset(token)
+                except ValueError:
+                    current_context.set(None)  # closed from another context: just clear
