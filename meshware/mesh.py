@@ -31,7 +31,6 @@ from meshware.config.model.mesh import MeshConfig
 from meshware.config.model.networking import VirtualService
 from meshware.config.registry import InstanceRecord
 from meshware.config.watch import ConfigWatcher, Snapshot
-from meshware.errors import MeshStateError
 from meshware.routing.table import RouteTable
 from meshware.settings import Settings, default_state_dir
 from meshware.transport.aio import AsyncMeshTransport
@@ -322,10 +321,12 @@ class Mesh:
 
         Returns early once synced. When Redis is unreachable the mesh starts anyway, serving
         its on-disk last-known-good config, and keeps reconnecting in the background.
+        Idempotent: a running mesh is returned as it is (``meshware serve`` and an app's
+        lifespan may both start it).
         """
         with self._lock:
             if self._thread is not None:
-                raise MeshStateError(f"mesh instance {self.instance_id} is already started")
+                return self
             self.started_at = time.time()
             self._draining = False
             if self.settings.redis_url and self.watcher.load_last_known_good():

@@ -8,13 +8,18 @@ callers stop picking it, in-flight requests finish) and only then lets uvicorn s
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import logging
+import os
+import sys
 import threading
 from types import FrameType
 from typing import Any
 
 import uvicorn
 
+from meshware.errors import MeshwareError
 from meshware.mesh import Mesh
 
 log = logging.getLogger("meshware.serving")
@@ -53,3 +58,131 @@ def run(
     """Serve ``app`` (already wrapped with :class:`~meshware.MeshMiddleware`) until a signal."""
     config = uvicorn.Config(app, host=host, port=port, lifespan="on", **uvicorn_options)
     DrainingServer(config, mesh).run()
+
+
+def load_target(target: str) -> Any:
+    """Import ``module:attribute`` (dots allowed in the attribute)."""
+    module_name, sep, attribute = target.partition(":")
+    if not sep or not module_name or not attribute:
+        raise MeshwareError(f"expected MODULE:APP, got {target!r}")
+    sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise MeshwareError(f"cannot import {module_name!r}: {exc}") from exc
+    value: Any = module
+    for part in attribute.split("."):
+        try:
+            value = getattr(value, part)
+        except AttributeError:
+            raise MeshwareError(f"{module_name!r} has no attribute {attribute!r}") from None
+    return value
+
+
+def is_asgi(app: Any) -> bool:
+    """ASGI apps are coroutine functions (or objects with an ``async def __call__``)."""
+    if inspect.isroutine(app):
+        return inspect.iscoroutinefunction(app)
+    return inspect.iscoroutinefunction(type(app).__call__)
+
+
+def find_mesh(target: str) -> Mesh | None:
+    """The module's own ``Mesh`` (a global named ``mesh``, or the only Mesh among its globals)."""
+    module = sys.modules.get(target.partition(":")[0])
+    if module is None:
+        return None
+    candidate = getattr(module, "mesh", None)
+    if isinstance(candidate, Mesh):
+        return candidate
+    found = [v for v in vars(module).values() if isinstance(v, Mesh)]
+    return found[0] if len(found) == 1 else None
+
+
+def build(target: str) -> tuple[Any, Mesh]:
+    """The ASGI app to serve for ``target`` and the mesh it belongs to.
+
+    A WSGI app is adapted with a2wsgi (threads), keeping its request context per thread. An
+    app whose module has no Mesh gets one from the environment, with the middleware added.
+    """
+    from a2wsgi import WSGIMiddleware as WSGIAdapter
+
+    from meshware.middleware.asgi import MeshMiddleware
+    from meshware.middleware.wsgi import MeshWSGIMiddleware
+
+    app = load_target(target)
+    mesh = find_mesh(target)
+    own_mesh = mesh is None
+    if mesh is None:
+        mesh = Mesh.from_env()
+    if is_asgi(app):
+        return (MeshMiddleware(app, mesh=mesh) if own_mesh else app), mesh
+    wsgi: Any = MeshWSGIMiddleware(app, mesh=mesh) if own_mesh else app
+    adapter: Any = WSGIAdapter(wsgi)
+    return adapter, mesh
+
+
+def worker_app() -> Any:
+    """uvicorn factory for multi-worker serving: each worker builds its own app and mesh."""
+    app, mesh = build(os.environ["MESHWARE_SERVE_TARGET"])
+    return _with_mesh_lifespan(app, mesh)
+
+
+def _with_mesh_lifespan(app: Any, mesh: Mesh) -> Any:
+    async def wrapped(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            mesh.start()
+            try:
+                await _lifespan_passthrough(app, scope, receive, send)
+            finally:
+                mesh.stop()
+            return
+        await app(scope, receive, send)
+
+    return wrapped
+
+
+async def _lifespan_passthrough(app: Any, scope: Any, receive: Any, send: Any) -> None:
+    try:
+        await app(scope, receive, send)
+    except Exception:
+        # apps without lifespan support (a2wsgi, plain apps): answer the protocol ourselves
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+
+def serve_target(
+    target: str, *, host: str, port: int, workers: int = 1, admin_port: int | None = None
+) -> None:
+    """Serve ``MODULE:APP`` as a mesh service until a signal (``meshware serve``)."""
+    if workers > 1:
+        os.environ["MESHWARE_SERVE_TARGET"] = target
+        uvicorn.run(
+            "meshware.serving:worker_app",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            log_level="info",
+            lifespan="on",
+        )
+        return
+    app, mesh = build(target)
+    mesh.start()
+    admin: uvicorn.Server | None = None
+    if admin_port is not None:
+        admin = uvicorn.Server(
+            uvicorn.Config(mesh.admin_app, host=host, port=admin_port, log_level="warning")
+        )
+        threading.Thread(target=admin.run, name="meshware-admin", daemon=True).start()
+    try:
+        config = uvicorn.Config(app, host=host, port=port, lifespan="auto", log_level="info")
+        DrainingServer(config, mesh).run()
+    finally:
+        if admin is not None:
+            admin.should_exit = True
+        mesh.stop()

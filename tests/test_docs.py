@@ -22,7 +22,12 @@ from meshware.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGURATION = ROOT / "docs" / "configuration.md"
-DOCUMENTS = (CONFIGURATION, ROOT / "README.md", ROOT / "docs" / "routing.md", ROOT / "docs" / "inbound.md")
+DOCUMENTS = (
+    CONFIGURATION,
+    ROOT / "README.md",
+    ROOT / "docs" / "routing.md",
+    ROOT / "docs" / "inbound.md",
+)
 
 _FENCE = re.compile(r"^ {0,3}(?P<fence>`{3,}|~{3,})(?P<info>.*)$")
 _HEADING = re.compile(r"^ {0,3}#{1,6}\s+(?P<title>.+?)\s*#*\s*$")

@@ -11,6 +11,7 @@ from meshware import __version__
 from meshware.cli.config_cmds import apply, delete, get, history, rollback
 from meshware.cli.context import CliContext, out, report_errors
 from meshware.cli.demo_cmd import demo
+from meshware.cli.serve_cmd import serve
 from meshware.cli.status_cmd import status
 from meshware.config.connection import DEFAULT_REDIS_URL, redact
 from meshware.config.keys import DEFAULT_MESH
@@ -68,7 +69,7 @@ def redis_cmd(port: int) -> None:
         server.close()
 
 
-for command in (apply, get, delete, history, rollback, status, demo):
+for command in (apply, get, delete, history, rollback, status, demo, serve):
     cli.add_command(command)
 
 
