@@ -88,3 +88,52 @@ def test_serve_joins_the_mesh_and_drains_on_sigterm(
     finally:
         proc.kill()
         proc.wait(timeout=10)
+
+
+def test_serve_with_two_workers_registers_two_instances(
+    redis_url: str, meshctl: Callable[..., Result], tmp_path: object
+) -> None:
+    port = free_port()
+    env = {
+        **os.environ,
+        "MESHWARE_STATE_DIR": str(tmp_path),
+        "MESHWARE_HEARTBEAT_INTERVAL": "0.2",
+        "MESHWARE_INSTANCE_TTL": "2",
+    }
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "meshware",
+            "--redis-url",
+            redis_url,
+            "serve",
+            "tests.apps.asgi_hello:app",
+            "--service",
+            "hello",
+            "--port",
+            str(port),
+            "--workers",
+            "2",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+    def instances() -> list[dict[str, object]]:
+        return [
+            r for r in json.loads(meshctl("status", "-o", "json").output) if r["service"] == "hello"
+        ]
+
+    try:
+        assert wait_until(lambda: len(instances()) == 2, timeout=30)
+        assert {r["address"] for r in instances()} == {f"127.0.0.1:{port}"}
+        assert httpx.get(f"http://127.0.0.1:{port}/", timeout=5).json()["app"] == "asgi"
+        proc.terminate()
+        assert proc.wait(timeout=30) == 0
+        assert instances() == []
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
