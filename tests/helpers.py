@@ -19,6 +19,19 @@ def manifest(name: str) -> Path:
     return example if example.exists() else VALID / name
 
 
+def malformed_expectation(path: Path) -> tuple[str, str, str]:
+    """``(field path, message fragment, resource)`` from a malformed manifest's header lines:
+    ``# expect: <path> | <fragment>`` and optionally ``# resource: Kind/name`` ("" if absent)."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    assert lines and lines[0].startswith("# expect:"), f"{path.name} lacks an '# expect:' header"
+    field_path, sep, fragment = lines[0].removeprefix("# expect:").partition("|")
+    assert sep, f"{path.name}: the expect line needs 'path | fragment'"
+    resource = ""
+    if len(lines) > 1 and lines[1].startswith("# resource:"):
+        resource = lines[1].removeprefix("# resource:").strip()
+    return field_path.strip(), fragment.strip(), resource
+
+
 def valid_manifests() -> list[Path]:
     return sorted([*BOOKINFO.glob("*.yaml"), *VALID.glob("*.yaml")])
 

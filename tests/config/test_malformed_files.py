@@ -14,21 +14,9 @@ import pytest
 
 from meshware.config.parse import load_files, parse_documents
 from meshware.errors import ConfigError
-from tests.helpers import MALFORMED
+from tests.helpers import MALFORMED, malformed_expectation
 
 FILES = sorted(MALFORMED.glob("*.yaml"))
-
-
-def _expectation(path: Path) -> tuple[str, str, str]:
-    lines = path.read_text(encoding="utf-8").splitlines()
-    assert lines, f"{path.name} is empty"
-    assert lines[0].startswith("# expect:"), f"{path.name} lacks '# expect:'"
-    field_path, sep, fragment = lines[0].removeprefix("# expect:").partition("|")
-    assert sep, f"{path.name}: the expect line needs 'path | fragment'"
-    resource = ""
-    if len(lines) > 1 and lines[1].startswith("# resource:"):
-        resource = lines[1].removeprefix("# resource:").strip()
-    return field_path.strip(), fragment.strip(), resource
 
 
 def test_there_are_networking_cases() -> None:
@@ -37,7 +25,7 @@ def test_there_are_networking_cases() -> None:
 
 @pytest.mark.parametrize("path", FILES, ids=[f.stem for f in FILES])
 def test_malformed_manifest_is_rejected_with_its_path(path: Path) -> None:
-    field_path, fragment, resource = _expectation(path)
+    field_path, fragment, resource = malformed_expectation(path)
     assert fragment, f"{path.name}: empty message fragment"
     with pytest.raises(ConfigError) as caught:
         parse_documents(load_files([path]))

@@ -22,6 +22,7 @@ from meshware.config.model.security import (
 )
 from meshware.config.parse import load_files, load_yaml, parse_documents
 from meshware.errors import ConfigError, Problem
+from tests.helpers import malformed_expectation
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 _NO_SPEC = object()
@@ -465,16 +466,6 @@ def test_invalid_peer_authentication(spec: Any, path: str, fragment: str) -> Non
 # -- the manifests in tests/data ----------------------------------------------------------
 
 
-def _expectation(path: Path) -> tuple[str, str, str | None]:
-    lines = path.read_text(encoding="utf-8").splitlines()
-    assert lines[0].startswith("# expect: "), f"{path.name}: first line must be '# expect: ...'"
-    field, _, fragment = lines[0].removeprefix("# expect: ").partition(" | ")
-    resource = None
-    if len(lines) > 1 and lines[1].startswith("# resource: "):
-        resource = lines[1].removeprefix("# resource: ").strip()
-    return field.strip(), fragment.strip(), resource
-
-
 MALFORMED = sorted((DATA / "malformed").glob("sec-*.yaml"))
 VALID = sorted((DATA / "valid").glob("security-*.yaml"))
 
@@ -485,7 +476,7 @@ def test_there_are_enough_malformed_security_manifests() -> None:
 
 @pytest.mark.parametrize("path", MALFORMED, ids=lambda p: p.name)
 def test_malformed_manifest_reports_exactly_its_one_mistake(path: Path) -> None:
-    field, fragment, resource = _expectation(path)
+    field, fragment, resource = malformed_expectation(path)
     with pytest.raises(ConfigError) as info:
         parse_documents(load_files([path]))
     problems = info.value.problems
@@ -494,7 +485,7 @@ def test_malformed_manifest_reports_exactly_its_one_mistake(path: Path) -> None:
     assert problem.path == field
     assert fragment in problem.message
     assert problem.source == str(path)
-    if resource is not None:
+    if resource:
         assert problem.resource == resource
 
 

@@ -17,19 +17,9 @@ import pytest
 import redis
 
 from meshware.embedded_redis import RedisServer
-from tests.helpers import BOOKINFO, MALFORMED
+from tests.helpers import BOOKINFO, MALFORMED, malformed_expectation
 
 FILES = sorted(MALFORMED.glob("*.yaml"))
-
-
-def _expectation(path: Path) -> tuple[str, str, str]:
-    lines = path.read_text().splitlines()
-    assert lines[0].startswith("# expect:"), f"{path.name} lacks an '# expect:' header"
-    field_path, _, fragment = lines[0].removeprefix("# expect:").partition("|")
-    resource = ""
-    if len(lines) > 1 and lines[1].startswith("# resource:"):
-        resource = lines[1].removeprefix("# resource:").strip()
-    return field_path.strip(), fragment.strip(), resource
 
 
 def _dump(client: redis.Redis) -> dict[str, object]:
@@ -79,7 +69,7 @@ def test_there_are_at_least_twenty_cases() -> None:
 
 @pytest.mark.parametrize("path", FILES, ids=[f.stem for f in FILES])
 def test_apply_refuses_malformed_manifest(path: Path, seeded_redis: RedisServer) -> None:
-    field_path, fragment, resource = _expectation(path)
+    field_path, fragment, resource = malformed_expectation(path)
     client = redis.Redis.from_url(seeded_redis.url, decode_responses=True)
     before = _dump(client)
     env = {**os.environ, "COLUMNS": "300", "NO_COLOR": "1"}
