@@ -174,6 +174,17 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
                 balancer.finish(endpoint.address)
                 await self._sleep(delay)
                 continue
+            if outbound.buffers(plan, response):
+                try:
+                    await response.aread()
+                except httpx.TransportError as exc:
+                    attempt += 1
+                    await self._sleep(outbound.failed(plan, endpoint, exc, attempt, deadline))
+                    continue
+                apply_header_operations(response.headers, plan.response_headers)
+                balancer.finish(endpoint.address)
+                self._release(plan)
+                return response
             apply_header_operations(response.headers, plan.response_headers)
             address = endpoint.address
 

@@ -46,6 +46,8 @@ from meshware.routing.request import RequestInfo
 from meshware.routing.table import RouteDecision, RouteTable
 
 OutboundPolicy = Literal["ALLOW_ANY", "REGISTRY_ONLY"]
+MAX_BUFFERED_RESPONSE = 64 * 1024
+_MID_BODY_RESET = Outcome("reset", None, sent=True)
 
 
 class MeshView(Protocol):
@@ -380,6 +382,18 @@ class Outbound:
         if status < 400:
             return None
         return self.retry_delay(plan, attempt + 1, outcome, deadline)
+
+    def buffers(self, plan: Plan, response: httpx.Response) -> bool:
+        """Read this response's body before handing it over, so a failure mid-body is retried?
+
+        Only for a small body of declared length (at most 64 KiB), on a request that may be
+        retried after a reset: an endpoint dying between the headers and the body then costs a
+        retry instead of an error in the application. Streams and large bodies pass through.
+        """
+        if not plan.replayable or not plan.retry.retryable(plan.info.method, _MID_BODY_RESET):
+            return False
+        length = response.headers.get("content-length")
+        return length is not None and length.isdigit() and int(length) <= MAX_BUFFERED_RESPONSE
 
     def attempt_timeout(self, plan: Plan, deadline: float | None) -> float | None:
         """The timeout for the next attempt: per-try timeout capped by the overall deadline."""

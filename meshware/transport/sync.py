@@ -170,6 +170,17 @@ class MeshTransport(httpx.BaseTransport):
                 balancer.finish(endpoint.address)
                 self._sleep(delay)
                 continue
+            if outbound.buffers(plan, response):
+                try:
+                    response.read()
+                except httpx.TransportError as exc:
+                    attempt += 1
+                    self._sleep(outbound.failed(plan, endpoint, exc, attempt, deadline))
+                    continue
+                apply_header_operations(response.headers, plan.response_headers)
+                balancer.finish(endpoint.address)
+                self._release(plan)
+                return response
             apply_header_operations(response.headers, plan.response_headers)
             address = endpoint.address
 

@@ -6,6 +6,7 @@ import json
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -127,3 +128,35 @@ def binomial_interval(p: float, n: int, z: float = 3.29) -> tuple[float, float]:
     """The 99.9% normal-approximation interval for a proportion ``p`` over ``n`` trials."""
     half = z * (p * (1 - p) / n) ** 0.5
     return p - half, p + half
+
+
+class GetLoad:
+    """GET ``url`` in a loop from several threads sharing one client, counting what fails."""
+
+    def __init__(self, client: httpx.Client, url: str, threads: int = 4) -> None:
+        self.client = client
+        self.url = url
+        self.errors: list[BaseException] = []
+        self.done = 0
+        self._stop = threading.Event()
+        self._workers = [threading.Thread(target=self._run) for _ in range(threads)]
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                response = self.client.get(self.url)
+                if response.status_code != 200:
+                    self.errors.append(AssertionError(f"status {response.status_code}"))
+            except httpx.HTTPError as exc:
+                self.errors.append(exc)
+            self.done += 1
+
+    def __enter__(self) -> GetLoad:
+        for worker in self._workers:
+            worker.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        for worker in self._workers:
+            worker.join(timeout=20)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from collections.abc import Callable
 
@@ -14,6 +13,7 @@ from meshware import Mesh
 from meshware.errors import UpstreamOverflowError
 from tests.helpers import wait_until
 from tests.transport.conftest import (
+    GetLoad,
     Upstream,
     binomial_interval,
     wait_for_endpoints,
@@ -45,49 +45,25 @@ def test_killed_endpoint_is_ejected_with_zero_errors_and_rejoins(
     wait_for_version(caller, apply_yaml(OUTLIER_RULE))
     wait_for_endpoints(caller, "reviews", 3)
     victim = pool[0]
-    errors: list[BaseException] = []
-    done = 0
-    stop = threading.Event()
-
-    with caller.client(timeout=10) as client:
+    with caller.client(timeout=10) as client, GetLoad(client, "http://reviews/reviews/1") as load:
         transport = client._transport  # the mesh transport, to look at ejections
+        assert wait_until(lambda: load.done > 200, timeout=20)
+        victim.kill()  # SIGKILL: its registry record stays until its TTL runs out
 
-        def load() -> None:
-            nonlocal done
-            while not stop.is_set():
-                try:
-                    response = client.get("http://reviews/reviews/1")
-                    if response.status_code != 200:
-                        errors.append(AssertionError(f"status {response.status_code}"))
-                except httpx.HTTPError as exc:
-                    errors.append(exc)
-                done += 1
+        def ejected() -> bool:
+            states = transport.outbound._states.values()  # type: ignore[attr-defined]
+            return any(
+                s.outlier is not None and s.outlier.is_ejected(victim.address) for s in states
+            )
 
-        workers = [threading.Thread(target=load) for _ in range(4)]
-        for worker in workers:
-            worker.start()
-        try:
-            assert wait_until(lambda: done > 200, timeout=20)
-            victim.kill()  # SIGKILL: its registry record stays until its TTL runs out
+        assert wait_until(ejected, timeout=10)
+        before = load.done
+        assert wait_until(lambda: load.done > before + 300, timeout=20)
 
-            def ejected() -> bool:
-                states = transport.outbound._states.values()  # type: ignore[attr-defined]
-                return any(
-                    s.outlier is not None and s.outlier.is_ejected(victim.address) for s in states
-                )
-
-            assert wait_until(ejected, timeout=10)
-            before = done
-            assert wait_until(lambda: done > before + 300, timeout=20)
-
-            victim.log.write_text("")
-            victim.start()  # same address again
-            assert wait_until(lambda: len(victim.received()) > 0, timeout=20)  # rejoined
-        finally:
-            stop.set()
-            for worker in workers:
-                worker.join(timeout=20)
-    assert errors == []
+        victim.log.write_text("")
+        victim.start()  # same address again
+        assert wait_until(lambda: len(victim.received()) > 0, timeout=20)  # rejoined
+    assert load.errors == []
 
 
 PAYMENTS = """
@@ -278,40 +254,17 @@ def test_rolling_restart_under_load_loses_no_request(
     old = [upstreams("reviews", "v1") for _ in range(2)]
     wait_for_version(caller, apply_yaml(ROLLING))
     wait_for_endpoints(caller, "reviews", 2)
-    errors: list[BaseException] = []
-    done = 0
-    stop = threading.Event()
-
-    with caller.client(timeout=10) as client:
-
-        def load() -> None:
-            nonlocal done
-            while not stop.is_set():
-                try:
-                    if client.get("http://reviews/reviews/1").status_code != 200:
-                        errors.append(AssertionError("non-200"))
-                except httpx.HTTPError as exc:
-                    errors.append(exc)
-                done += 1
-
-        workers = [threading.Thread(target=load) for _ in range(4)]
-        for worker in workers:
-            worker.start()
-        try:
-            for victim in old:  # replace each instance in turn
-                assert wait_until(lambda: done > 100, timeout=20)
-                replacement = upstreams("reviews", "v1")
-                wait_for_endpoints(caller, "reviews", 3)
-                shutdown_began = time.time()
-                assert victim.proc is not None
-                victim.proc.terminate()  # SIGTERM: drain, finish in-flight, deregister
-                assert victim.proc.wait(timeout=30) == 0
-                late = [r for r in victim.received() if r.get("t", 0) > shutdown_began + 1.0]
-                assert late == [], f"{len(late)} requests reached the stopping instance after 1 s"
-                assert wait_until(lambda r=replacement: len(r.received()) > 0, timeout=10)
-        finally:
-            stop.set()
-            for worker in workers:
-                worker.join(timeout=20)
-    assert errors == []
-    assert done > 200
+    with caller.client(timeout=10) as client, GetLoad(client, "http://reviews/reviews/1") as load:
+        for victim in old:  # replace each instance in turn
+            assert wait_until(lambda: load.done > 100, timeout=20)
+            replacement = upstreams("reviews", "v1")
+            wait_for_endpoints(caller, "reviews", 3)
+            shutdown_began = time.time()
+            assert victim.proc is not None
+            victim.proc.terminate()  # SIGTERM: drain, finish in-flight, deregister
+            assert victim.proc.wait(timeout=30) == 0
+            late = [r for r in victim.received() if r.get("t", 0) > shutdown_began + 1.0]
+            assert late == [], f"{len(late)} requests reached the stopping instance after 1 s"
+            assert wait_until(lambda r=replacement: len(r.received()) > 0, timeout=10)
+    assert load.errors == []
+    assert load.done > 200
