@@ -105,11 +105,6 @@ class Outcome:
             return False
         return self.sent
 
-    @property
-    def is_5xx(self) -> bool:
-        """A 5xx response, or no response at all (Envoy counts those as 5xx)."""
-        return self.status is None or self.status >= 500
-
 
 RetryStop = Literal["retry", "not-retryable", "unsafe", "exhausted", "body", "deadline", "budget"]
 

@@ -86,6 +86,7 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
         try:
             return await self._send(request, plan)
         except BaseException:
+            self.outbound.end_retry(plan)
             self._release(plan)
             raise
 

@@ -140,6 +140,8 @@ class Plan:
     hash_key: str | None
     replayable: bool
     tried: set[str] = field(default_factory=set)
+    retrying: bool = False
+    """A retry of this request holds one of the destination's ``maxRetries`` slots."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -348,7 +350,18 @@ class Outbound:
             rng=self.rng,
             budget=plan.state.budget,
         )
-        return decision.delay if decision.retry else None
+        if not decision.retry:
+            return None
+        if not plan.state.admission.try_start_retry():
+            return None  # connectionPool.http.maxRetries retries are already in flight
+        plan.retrying = True
+        return decision.delay
+
+    def end_retry(self, plan: Plan) -> None:
+        """The retry in flight (if any) is over: give its ``maxRetries`` slot back."""
+        if plan.retrying:
+            plan.retrying = False
+            plan.state.admission.finish_retry()
 
     def failed(
         self,
@@ -363,6 +376,7 @@ class Outbound:
         Raises ``exc`` again when no retry is allowed, or :class:`UpstreamTimeoutError` when
         the route's deadline is what ended it.
         """
+        self.end_retry(plan)
         plan.state.balancer.finish(endpoint.address)
         outcome = outcome_of(exc)
         self.record(plan, endpoint, outcome)
@@ -377,6 +391,7 @@ class Outbound:
         self, plan: Plan, endpoint: Endpoint, status: int, attempt: int, deadline: float | None
     ) -> float | None:
         """After attempt number ``attempt`` got ``status``: the backoff before a retry, or None."""
+        self.end_retry(plan)
         outcome = Outcome("response", status, sent=True)
         self.record(plan, endpoint, outcome)
         if status < 400:

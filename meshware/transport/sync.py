@@ -88,6 +88,7 @@ class MeshTransport(httpx.BaseTransport):
         try:
             return self._send(request, plan)
         except BaseException:
+            self.outbound.end_retry(plan)
             self._release(plan)
             raise
 
