@@ -29,6 +29,15 @@ from meshware.cli.context import report_errors
     envvar="MESHWARE_ADMIN_PORT",
     help="Serve the admin app (/healthz, /readyz, /config_dump) on this port.",
 )
+@click.option(
+    "--advertise",
+    metavar="HOST[:PORT]",
+    default=None,
+    envvar="MESHWARE_ADVERTISE_ADDRESS",
+    help="Address other instances reach this one at (MESHWARE_ADDRESS); PORT defaults to --port. "
+    "Default: --host, or 127.0.0.1 when binding 0.0.0.0/::. "
+    "Env: MESHWARE_ADVERTISE_ADDRESS.",
+)
 @click.pass_context
 @report_errors
 def serve(
@@ -40,6 +49,7 @@ def serve(
     port: int,
     workers: int,
     admin_port: int | None,
+    advertise: str | None,
 ) -> None:
     """Run MODULE:APP (ASGI under uvicorn, WSGI through a2wsgi) joined to the mesh.
 
@@ -50,14 +60,23 @@ def serve(
     from meshware.serving import serve_target
 
     root = ctx.find_root().params
-    advertised = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     os.environ.update(
         {
             "MESHWARE_SERVICE": service,
             "MESHWARE_VERSION": version_label,
-            "MESHWARE_ADDRESS": f"{advertised}:{port}",
+            "MESHWARE_ADDRESS": _advertised_address(advertise, host, port),
             "MESHWARE_REDIS_URL": root["redis_url"],
             "MESHWARE_MESH": root["mesh"],
         }
     )
     serve_target(target, host=host, port=port, workers=workers, admin_port=admin_port)
+
+
+def _advertised_address(advertise: str | None, host: str, port: int) -> str:
+    """``--advertise`` as ``host:port`` (its port, else ``port``); without it, where we bind."""
+    if not advertise:
+        return f"{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+    _, sep, tail = advertise.rpartition(":")
+    if sep and tail.isdigit() and not advertise.endswith("]"):
+        return advertise
+    return f"{advertise}:{port}"
