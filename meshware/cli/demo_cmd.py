@@ -1,228 +1,209 @@
-"""``meshware demo``: a live, self-contained tour of the control plane.
+"""``meshware demo``: Bookinfo's six services as real processes, routed live by the mesh.
 
-It needs nothing but the install: without an explicit Redis it starts an embedded real
-``redis-server``, joins in-process mesh instances for Bookinfo's services, and walks through
-applies, ACKs, a NACKed tampered version and a rollback, then cleans up after itself.
+With no Redis configured it starts an embedded real ``redis-server``. Each Bookinfo service
+runs under ``meshware serve`` as its own process; the tour (:mod:`meshware.demo.tour`) applies
+Istio's traffic-management manifests and drives traffic through productpage. Whatever happens
+(the end, Ctrl-C, SIGTERM, a service failing to start) every process it started is stopped.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
+import signal
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import FrameType
 
 import click
-import redis
-from rich.table import Table
 
 from meshware.cli.context import CliContext, out, pass_ctx, report_errors
-from meshware.cli.status_cmd import render_status
 from meshware.config.connection import redact
-from meshware.config.model.networking import VirtualService
-from meshware.config.parse import load_files
-from meshware.config.record import canonical_json
-from meshware.config.registry import list_instances
 from meshware.config.store import ConfigStore
+from meshware.demo.services import BOOKINFO, Service, ServiceGroup, assign_ports
+from meshware.demo.tour import Tour
 from meshware.embedded_redis import RedisServer
 from meshware.errors import MeshwareError
-from meshware.mesh import Mesh
 
-MANIFESTS = Path(__file__).resolve().parents[2] / "examples" / "bookinfo" / "manifests"
+ROOT = Path(__file__).resolve().parents[2]
+MANIFESTS = ROOT / "examples" / "bookinfo" / "manifests"
 DEMO_MESH = "demo"
-INSTANCES = (
-    ("productpage", "v1", 9080),
-    ("details", "v1", 9081),
-    ("reviews", "v1", 9082),
-    ("reviews", "v2", 9083),
-    ("reviews", "v3", 9084),
-    ("ratings", "v1", 9085),
-)
-STEPS = (
-    (
-        "destination-rule-all.yaml",
-        "DestinationRules: subsets v1, v2, v3 for every Bookinfo service",
-    ),
-    ("virtual-service-reviews-90-10.yaml", "canary: 90% of reviews traffic to v1, 10% to v2"),
-    ("virtual-service-reviews-50-v3.yaml", "shift: 50% to v1, 50% to v3"),
-    ("virtual-service-reviews-jason-v2-v3.yaml", "A/B: user 'jason' to v2, everyone else to v3"),
-)
+EXIT_INTERRUPTED = 130
 
 
 @contextlib.contextmanager
-def _redis(ctx: click.Context, state: CliContext) -> Iterator[str]:
-    source = ctx.find_root().get_parameter_source("redis_url")
-    if source not in (click.core.ParameterSource.DEFAULT, None):
-        out.print(f"Redis: {redact(state.redis_url)} (mesh '{DEMO_MESH}')", highlight=False)
-        yield state.redis_url
+def _redis(url: str | None) -> Iterator[str]:
+    if url is not None:
+        out.print(f"Redis: {redact(url)} (mesh '{DEMO_MESH}')", highlight=False)
+        yield url
         return
     with RedisServer() as server:
         out.print(
-            f"Redis: embedded redis-server on 127.0.0.1:{server.port} (set MESHWARE_REDIS_URL to use yours)",
+            f"Redis: embedded redis-server on 127.0.0.1:{server.port} "
+            "(pass --redis-url to use your own)",
             highlight=False,
         )
         yield server.url
 
 
-def _routes(mesh: Mesh) -> str:
-    for vs in mesh.config.of(VirtualService):
-        if vs.metadata.name != "reviews":
-            continue
-        parts = []
-        for rule in vs.spec.http:
-            total = sum(d.weight for d in rule.route) or 1
-            targets = ", ".join(
-                f"{d.destination.subset} {100 * d.weight / total:.0f}%" for d in rule.route
-            )
-            condition = " if matched" if rule.match else ""
-            parts.append(targets + condition)
-        return "reviews → " + "; otherwise ".join(parts)
-    return "reviews → no VirtualService (all versions)"
+def _explicit_redis(ctx: click.Context, state: CliContext, redis_url: str | None) -> str | None:
+    if redis_url is not None:
+        return redis_url
+    source = ctx.find_root().get_parameter_source("redis_url")
+    if source not in (click.core.ParameterSource.DEFAULT, None):
+        return state.redis_url  # meshware --redis-url ... demo, or MESHWARE_REDIS_URL
+    return None
 
 
-def _wait(
-    store: ConfigStore,
-    meshes: list[Mesh],
-    version: int,
-    *,
-    nack: bool = False,
-    timeout: float = 10.0,
-) -> float:
-    start = time.perf_counter()
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if nack:
-            done = all(
-                m.watcher.nack is not None and m.watcher.nack.version == version for m in meshes
-            )
-        else:
-            done = all(m.snapshot.version == version for m in meshes)
-        if done:
-            return (time.perf_counter() - start) * 1000
-        time.sleep(0.001)
-    raise click.ClickException(
-        f"instances did not {'NACK' if nack else 'ACK'} v{version} within {timeout:g}s"
+class _Terminated(Exception):
+    """SIGTERM arrived: unwind like Ctrl-C so every child is stopped."""
+
+
+def _raise_terminated(signum: int, frame: FrameType | None) -> None:
+    raise _Terminated
+
+
+def _started(service: Service, seconds: float) -> None:
+    out.print(
+        f"  [green]✓[/] {service.name:<15} http://127.0.0.1:{service.port}  ({seconds:.1f} s)",
+        highlight=False,
     )
 
 
-def _show_status(store: ConfigStore) -> None:
-    head = store.head()
-    render_status(head, list_instances(store.client, store.keys, head, url=store.url))
+def _serve_forever(url: str, services: list[Service], group: ServiceGroup) -> None:
+    productpage = next(s for s in services if s.service == "productpage")
+    out.rule("[bold]the mesh keeps running[/] (Ctrl-C stops it)")
+    out.print(
+        f"  curl -H 'end-user: jason' http://127.0.0.1:{productpage.port}/productpage\n"
+        f"  export MESHWARE_REDIS_URL={redact(url)} MESHWARE_MESH={DEMO_MESH}\n"
+        "  meshware status; meshware get virtualservices; "
+        f"meshware apply -f {MANIFESTS.relative_to(ROOT)}/virtual-service-all-v1.yaml\n"
+        f"  service logs: {group.log_dir}",
+        highlight=False,
+        markup=False,
+    )
+    while True:
+        group.check_alive()
+        time.sleep(0.5)
 
 
 @click.command()
+@click.option(
+    "--redis-url",
+    default=None,
+    metavar="URL",
+    help="Use this Redis (mesh 'demo') instead of an embedded one. "
+    "Also taken from the global --redis-url or MESHWARE_REDIS_URL.",
+)
+@click.option(
+    "--serve",
+    "keep_serving",
+    is_flag=True,
+    help="After the tour, keep the services running for exploration until Ctrl-C.",
+)
+@click.option(
+    "--port",
+    "base_port",
+    type=click.IntRange(0, 65529),
+    default=9080,
+    show_default=True,
+    help="productpage's port; the other five services take the next ports. 0 picks free ports.",
+)
+@click.option(
+    "--requests",
+    type=click.IntRange(min=30),
+    default=600,
+    show_default=True,
+    help="Requests sent through productpage at each routing step.",
+)
+@click.option("--concurrency", type=click.IntRange(1, 64), default=8, show_default=True)
 @click.pass_context
 @pass_ctx
 @report_errors
-def demo(state: CliContext, ctx: click.Context) -> None:
-    """A live tour of the control plane: applies, ACKs, a NACK and a rollback (about 5 s)."""
+def demo(
+    state: CliContext,
+    ctx: click.Context,
+    redis_url: str | None,
+    keep_serving: bool,
+    base_port: int,
+    requests: int,
+    concurrency: int,
+) -> None:
+    """Run Bookinfo's six services and walk through canary, shift and A/B routing (about 40 s).
+
+    Starts an embedded Redis unless one is given, launches productpage, details, reviews
+    v1/v2/v3 and ratings as their own 'meshware serve' processes, then applies Istio's
+    Bookinfo routes one by one while driving traffic, showing the split per reviews version
+    live. Exits 0 when every split matched its weights; stops every process it started.
+    """
     if not MANIFESTS.is_dir():
         raise MeshwareError(
-            f"the Bookinfo manifests are missing ({MANIFESTS}); run from a source checkout"
+            f"the Bookinfo example is missing ({MANIFESTS}); meshware demo runs from a source "
+            "checkout installed with pip install -e"
         )
-    out.rule("[bold]meshware demo[/] — the control plane, live")
-    with _redis(ctx, state) as url, tempfile.TemporaryDirectory(prefix="meshware-demo-") as tmp:
-        store = ConfigStore.from_url(url, mesh=DEMO_MESH)
-        meshes = [
-            Mesh(
-                service,
-                version,
-                redis_url=url,
-                mesh=DEMO_MESH,
-                address=f"127.0.0.1:{port}",
-                state_dir=tmp,
-                heartbeat_interval=0.5,
-                instance_ttl=3.0,
-            )
-            for service, version, port in INSTANCES
-        ]
-        try:
-            for mesh in meshes:
-                mesh.start()
-            out.print(
-                f"Joined {len(meshes)} mesh instances: "
-                + ", ".join(f"{m.service} {m.version}" for m in meshes),
-                highlight=False,
-            )
-            step = 0
-            for step, (name, why) in enumerate(STEPS, start=1):
-                out.print(
-                    f"\n[bold cyan]Step {step}[/]  meshware apply -f {name}\n        {why}",
-                    highlight=False,
-                )
-                result = store.apply(load_files([MANIFESTS / name]))
-                assert result.record is not None
-                ms = _wait(store, meshes, result.record.version)
-                out.print(
-                    f"        → config v{result.record.version} stored; all {len(meshes)} instances validated and ACKed it in {ms:.1f} ms",
-                    highlight=False,
-                )
-                out.print(
-                    f"        {meshes[2].instance_id} now routes: {_routes(meshes[2])}",
-                    highlight=False,
-                )
+    started = time.monotonic()
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        _demo(
+            _explicit_redis(ctx, state, redis_url), keep_serving, base_port, requests, concurrency
+        )
+    except (KeyboardInterrupt, _Terminated):
+        out.print(
+            f"\n[yellow]{'stopped' if keep_serving else 'interrupted'}[/]: every process the demo "
+            f"started has exited ({time.monotonic() - started:.1f} s)",
+            highlight=False,
+        )
+        ctx.exit(0 if keep_serving else EXIT_INTERRUPTED)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    out.print(f"\ndemo finished in {time.monotonic() - started:.1f} s", highlight=False)
 
-            good = store.head()
-            assert good is not None
-            out.print(
-                f"\n[bold cyan]Step {step + 1}[/]  someone with Redis access writes a bad version straight into Redis",
-                highlight=False,
-            )
-            out.print(
-                "        (the reviews weight set to 250, bypassing 'meshware apply' and its validation)",
-                highlight=False,
-            )
-            client = redis.Redis.from_url(url, decode_responses=True)
-            docs = json.loads(client.hget(store.keys.config, "documents") or "[]")
-            for doc in docs:
-                if doc.get("kind") == "VirtualService" and doc["metadata"]["name"] == "reviews":
-                    doc["spec"]["http"][-1]["route"][0]["weight"] = 250
-            bad = good.version + 1
-            client.hset(
-                store.keys.config,
-                mapping={"version": str(bad), "documents": json.dumps(docs), "digest": "tampered"},
-            )
-            client.publish(store.keys.events, canonical_json({"epoch": good.epoch, "version": bad}))
-            client.close()
-            ms = _wait(store, meshes, bad, nack=True)
-            out.print(
-                f"        → every instance NACKed v{bad} in {ms:.1f} ms and keeps serving v{good.version}:",
-                highlight=False,
-            )
-            _show_status(store)
 
-            out.print(
-                f"\n[bold cyan]Step {step + 2}[/]  meshware rollback   (restore the last good version as a new one)",
-                highlight=False,
+def _demo(
+    redis_url: str | None, keep_serving: bool, base_port: int, requests: int, concurrency: int
+) -> None:
+    out.rule("[bold]meshware demo[/]: Bookinfo on a proxyless mesh")
+    services = assign_ports(BOOKINFO, base_port)
+    with (
+        _redis(redis_url) as url,
+        tempfile.TemporaryDirectory(prefix="meshware-demo-") as tmp,
+        contextlib.closing(ConfigStore.from_url(url, mesh=DEMO_MESH)) as store,
+    ):
+        store.head()  # fails clearly now if the Redis is unreachable
+        group = ServiceGroup(
+            services,
+            redis_url=url,
+            mesh=DEMO_MESH,
+            root=ROOT,
+            log_dir=Path(tmp) / "logs",
+            env={
+                "MESHWARE_STATE_DIR": str(Path(tmp) / "state"),
+                "MESHWARE_HEARTBEAT_INTERVAL": "0.5",
+                "MESHWARE_INSTANCE_TTL": "3",
+            },
+        )
+        out.print(
+            f"Starting {len(services)} services, each under 'meshware serve':", highlight=False
+        )
+        with group:
+            group.wait_listening(60.0, _started)
+            tour = Tour(
+                out,
+                store,
+                MANIFESTS,
+                services,
+                requests=requests,
+                concurrency=concurrency,
+                check_alive=group.check_alive,
             )
-            result = store.rollback()
-            assert result.record is not None
-            ms = _wait(store, meshes, result.record.version)
-            out.print(
-                f"        → config v{result.record.version} stored; all instances SYNCED in {ms:.1f} ms",
-                highlight=False,
-            )
-            _show_status(store)
-
-            out.print("\n[bold]meshware history[/]", highlight=False)
-            table = Table(box=None, pad_edge=False)
-            for column in ("VERSION", "ACTION", "CHANGES"):
-                table.add_column(column)
-            for record in store.history(10):
-                table.add_row(
-                    f"v{record.version}",
-                    record.action,
-                    ", ".join(f"{r} {a}" for a, r in record.changes) or record.summary,
+            tour.wait_serving()
+            tour.run()
+            if tour.mismatches:
+                raise MeshwareError(
+                    "the traffic did not follow the applied routes:\n  "
+                    + "\n  ".join(tour.mismatches)
                 )
-            out.print(table)
-            out.print(
-                "\nNext: 'meshware redis' runs a Redis to keep; 'meshware apply/get/status' drive it. "
-                "Routing real requests arrives with the mesh client.",
-                highlight=False,
-            )
-        finally:
-            for mesh in meshes:
-                mesh.stop()
-            store.close()
+            if keep_serving:
+                _serve_forever(url, services, group)
+            out.print("\nStopping the services (each drains before it exits)...", highlight=False)
