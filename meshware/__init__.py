@@ -2,6 +2,7 @@
 
 import logging
 
+from meshware._version import __version__
 from meshware.config.model.mesh import MeshConfig
 from meshware.config.watch import Snapshot
 from meshware.errors import (
@@ -26,8 +27,6 @@ from meshware.middleware.wsgi import MeshWSGIMiddleware
 from meshware.settings import Settings
 from meshware.transport.aio import AsyncMeshTransport
 from meshware.transport.sync import MeshTransport
-
-__version__ = "0.1.0"
 
 logging.getLogger("meshware").addHandler(logging.NullHandler())
 

@@ -23,6 +23,7 @@ from types import TracebackType
 from typing import Any, cast
 
 import httpx
+from opentelemetry.sdk.trace.export import SpanExporter
 
 from meshware.config.channel import FileConfigSource, RedisConfigChannel
 from meshware.config.discovery import EMPTY_TABLE, EndpointTable, EndpointWatcher
@@ -33,6 +34,9 @@ from meshware.config.registry import InstanceRecord
 from meshware.config.watch import ConfigWatcher, Snapshot
 from meshware.routing.table import RouteTable
 from meshware.settings import Settings, default_state_dir
+from meshware.telemetry.export import otlp_exporter
+from meshware.telemetry.policy import tracing_percentage
+from meshware.telemetry.tracing import DEFAULT_PERCENTAGE, Tracer
 from meshware.transport.aio import AsyncMeshTransport
 from meshware.transport.outbound import OutboundPolicy
 from meshware.transport.sync import MeshTransport
@@ -67,6 +71,9 @@ class Mesh:
         instance_id: str | None = None,
         outbound_traffic_policy: OutboundPolicy = "ALLOW_ANY",
         discovery_interval: float = 1.0,
+        otlp_endpoint: str | None = None,
+        trace_sampling: float = DEFAULT_PERCENTAGE,
+        span_exporter: SpanExporter | None = None,
     ) -> None:
         self.settings = Settings(
             service=service,
@@ -83,14 +90,23 @@ class Mesh:
             resync_interval=resync_interval,
             outbound_traffic_policy=outbound_traffic_policy,
             discovery_interval=discovery_interval,
+            otlp_endpoint=otlp_endpoint,
+            trace_sampling=trace_sampling,
         )
-        self._init_runtime(instance_id)
+        self._init_runtime(instance_id, span_exporter)
 
     @classmethod
-    def from_settings(cls, settings: Settings, *, instance_id: str | None = None) -> Mesh:
+    def from_settings(
+        cls,
+        settings: Settings,
+        *,
+        instance_id: str | None = None,
+        span_exporter: SpanExporter | None = None,
+    ) -> Mesh:
+        """A mesh for ``settings``; ``span_exporter`` replaces the OTLP exporter (tests)."""
         mesh = cls.__new__(cls)
         mesh.settings = settings
-        mesh._init_runtime(instance_id)
+        mesh._init_runtime(instance_id, span_exporter)
         return mesh
 
     @classmethod
@@ -102,10 +118,22 @@ class Mesh:
         """
         return cls.from_settings(Settings.from_env(environ, **overrides))
 
-    def _init_runtime(self, instance_id: str | None) -> None:
+    def _init_runtime(self, instance_id: str | None, span_exporter: SpanExporter | None) -> None:
         s = self.settings
         self.instance_id = instance_id or f"{s.service}-{s.version}-{secrets.token_hex(4)}"
         self.labels: Mapping[str, str] = s.effective_labels
+        self.tracer = Tracer(
+            {
+                "service.name": s.service,
+                "service.version": s.version,
+                "service.namespace": s.namespace,
+                "service.instance.id": self.instance_id,
+            },
+            (lambda: span_exporter)
+            if span_exporter is not None
+            else otlp_exporter(s.otlp_endpoint),
+            percentage=s.trace_sampling,
+        )
         self.keys = Keys(s.mesh)
         self.started_at = 0.0
         lkg = None
@@ -240,6 +268,11 @@ class Mesh:
 
     def _compile(self, snapshot: Snapshot) -> None:
         self._routes = RouteTable.compile(snapshot.config)
+        self.tracer.set_percentage(
+            tracing_percentage(
+                snapshot.config, self.namespace, self.labels, self.settings.trace_sampling
+            )
+        )
 
     @property
     def admin_app(self) -> Any:
@@ -329,6 +362,7 @@ class Mesh:
                 return self
             self.started_at = time.time()
             self._draining = False
+            self.tracer.start()  # here, not in __init__: after a pre-fork server forked
             if self.settings.redis_url and self.watcher.load_last_known_good():
                 log.info("starting from last-known-good config v%s", self.watcher.snapshot.version)
             self._thread = threading.Thread(
@@ -358,6 +392,7 @@ class Mesh:
             self._thread = None
             self._loop = None
             self._started.clear()
+        self.tracer.shutdown()  # exports the spans still queued
 
     def _cancel_tasks(self) -> None:
         for worker in (self._channel, self._endpoints, self._file):

@@ -15,6 +15,7 @@ from meshware.errors import ConfigError, Problem
 
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _LABEL_KEY = re.compile(r"^([a-z0-9.-]+/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+_URL = re.compile(r"^https?://[^\s/]+(/\S*)?$")
 _ADDRESS = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})$")
 
 
@@ -42,6 +43,9 @@ class Settings:
     resync_interval: float = 5.0
     outbound_traffic_policy: str = "ALLOW_ANY"
     discovery_interval: float = 1.0
+    otlp_endpoint: str | None = None
+    trace_sampling: float = 1.0
+    """Percent of new traces recorded unless a ``Telemetry`` resource says otherwise."""
 
     def __post_init__(self) -> None:
         problems: list[Problem] = []
@@ -82,6 +86,12 @@ class Settings:
                 bad(name, "must be positive")
         if self.outbound_traffic_policy not in ("ALLOW_ANY", "REGISTRY_ONLY"):
             bad("outbound_traffic_policy", "must be ALLOW_ANY or REGISTRY_ONLY")
+        if self.otlp_endpoint and not _URL.match(self.otlp_endpoint):
+            bad("otlp_endpoint", f"must be an http:// or https:// URL, got {self.otlp_endpoint!r}")
+        if not 0.0 <= self.trace_sampling <= 100.0:
+            bad(
+                "trace_sampling", f"must be a percentage from 0 to 100, got {self.trace_sampling!r}"
+            )
         if self.instance_ttl <= self.heartbeat_interval:
             bad("instance_ttl", "must be longer than heartbeat_interval")
         if problems:
@@ -108,6 +118,7 @@ class Settings:
             "mesh": "MESHWARE_MESH",
             "address": "MESHWARE_ADDRESS",
             "outbound_traffic_policy": "MESHWARE_OUTBOUND_TRAFFIC_POLICY",
+            "otlp_endpoint": "MESHWARE_OTLP_ENDPOINT",
         }
         for name, var in simple.items():
             if env.get(var):
@@ -134,6 +145,7 @@ class Settings:
         for name, var in (
             ("heartbeat_interval", "MESHWARE_HEARTBEAT_INTERVAL"),
             ("instance_ttl", "MESHWARE_INSTANCE_TTL"),
+            ("trace_sampling", "MESHWARE_TRACE_SAMPLING"),
         ):
             if env.get(var):
                 try:
@@ -141,7 +153,7 @@ class Settings:
                 except ValueError:
                     problems.append(
                         Problem(
-                            f"must be a number of seconds, got {env[var]!r}",
+                            f"must be a number, got {env[var]!r}",
                             path=var,
                             source="environment",
                         )

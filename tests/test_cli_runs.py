@@ -26,6 +26,7 @@ import redis
 
 from meshware.embedded_redis import free_port
 from tests.helpers import wait_until
+from tests.otlp_receiver import otlp_receiver
 
 MESHWARE = [sys.executable, "-m", "meshware"]
 ENV = {k: v for k, v in os.environ.items() if k != "MESHWARE_REDIS_URL"} | {"COLUMNS": "200"}
@@ -260,3 +261,30 @@ def test_redis_command_serves_until_terminated() -> None:
     finally:
         proc.kill()
         proc.wait(timeout=10)
+
+
+def test_demo_exports_its_traces_over_otlp() -> None:
+    with otlp_receiver() as receiver, _demo_env() as (env, marker):
+        proc = subprocess.run(
+            [*MESHWARE, "demo", "--port", "0", "--requests", "30", "--otlp-endpoint", receiver.url],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=env,
+            check=False,
+        )
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert not _marked(marker)
+    samples = re.findall(r"sample request \(([a-z ]+)\): trace ([0-9a-f]{32})", proc.stdout)
+    assert len(samples) == 3
+    for _, trace_id in samples:
+        # the services flushed their spans as they stopped: every sample trace is complete
+        services = {s.service for s in receiver.trace(trace_id) if s.kind == "SERVER"}
+        assert {"productpage", "details", "reviews"} <= services, (trace_id, services)
+    jason = next(t for who, t in samples if who == "jason")
+    assert {s.service for s in receiver.trace(jason)} == {
+        "productpage",
+        "details",
+        "reviews",
+        "ratings",
+    }

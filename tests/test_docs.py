@@ -27,6 +27,7 @@ DOCUMENTS = (
     ROOT / "README.md",
     ROOT / "docs" / "routing.md",
     ROOT / "docs" / "inbound.md",
+    ROOT / "docs" / "tracing.md",
 )
 
 _FENCE = re.compile(r"^ {0,3}(?P<fence>`{3,}|~{3,})(?P<info>.*)$")

@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
+from urllib.parse import urlsplit
 
 import click
 
@@ -54,6 +55,16 @@ def _explicit_redis(ctx: click.Context, state: CliContext, redis_url: str | None
     if source not in (click.core.ParameterSource.DEFAULT, None):
         return state.redis_url  # meshware --redis-url ... demo, or MESHWARE_REDIS_URL
     return None
+
+
+def jaeger_ui(otlp_endpoint: str | None) -> str | None:
+    """Jaeger's UI beside its OTLP/HTTP port (4318 → 16686), where a trace can be opened."""
+    if not otlp_endpoint:
+        return None
+    url = urlsplit(otlp_endpoint)
+    if url.port != 4318 or not url.hostname:
+        return None
+    return f"{url.scheme}://{url.hostname}:16686/trace/"
 
 
 class _Terminated(Exception):
@@ -118,6 +129,12 @@ def _serve_forever(url: str, services: list[Service], group: ServiceGroup) -> No
     help="Requests sent through productpage at each routing step.",
 )
 @click.option("--concurrency", type=click.IntRange(1, 64), default=8, show_default=True)
+@click.option(
+    "--otlp-endpoint",
+    default=None,
+    metavar="URL",
+    help="Export the services' spans over OTLP/HTTP, e.g. to Jaeger at http://localhost:4318.",
+)
 @click.pass_context
 @pass_ctx
 @report_errors
@@ -129,6 +146,7 @@ def demo(
     base_port: int,
     requests: int,
     concurrency: int,
+    otlp_endpoint: str | None,
 ) -> None:
     """Run Bookinfo's six services and walk through canary, shift and A/B routing (about 40 s).
 
@@ -146,7 +164,12 @@ def demo(
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         _demo(
-            _explicit_redis(ctx, state, redis_url), keep_serving, base_port, requests, concurrency
+            _explicit_redis(ctx, state, redis_url),
+            keep_serving,
+            base_port,
+            requests,
+            concurrency,
+            otlp_endpoint,
         )
     except (KeyboardInterrupt, _Terminated):
         out.print(
@@ -161,10 +184,23 @@ def demo(
 
 
 def _demo(
-    redis_url: str | None, keep_serving: bool, base_port: int, requests: int, concurrency: int
+    redis_url: str | None,
+    keep_serving: bool,
+    base_port: int,
+    requests: int,
+    concurrency: int,
+    otlp_endpoint: str | None,
 ) -> None:
     out.rule("[bold]meshware demo[/]: Bookinfo on a proxyless mesh")
     services = assign_ports(BOOKINFO, base_port)
+    env = {"MESHWARE_HEARTBEAT_INTERVAL": "0.5", "MESHWARE_INSTANCE_TTL": "3"}
+    if otlp_endpoint:
+        env["MESHWARE_OTLP_ENDPOINT"] = otlp_endpoint
+        out.print(
+            f"Traces: every service exports spans to {otlp_endpoint} (OTLP/HTTP); sample "
+            "requests are always traced, other traffic at Istio's default 1%",
+            highlight=False,
+        )
     with (
         _redis(redis_url) as url,
         tempfile.TemporaryDirectory(prefix="meshware-demo-") as tmp,
@@ -177,11 +213,7 @@ def _demo(
             mesh=DEMO_MESH,
             root=ROOT,
             log_dir=Path(tmp) / "logs",
-            env={
-                "MESHWARE_STATE_DIR": str(Path(tmp) / "state"),
-                "MESHWARE_HEARTBEAT_INTERVAL": "0.5",
-                "MESHWARE_INSTANCE_TTL": "3",
-            },
+            env={**env, "MESHWARE_STATE_DIR": str(Path(tmp) / "state")},
         )
         out.print(
             f"Starting {len(services)} services, each under 'meshware serve':", highlight=False
@@ -196,6 +228,7 @@ def _demo(
                 requests=requests,
                 concurrency=concurrency,
                 check_alive=group.check_alive,
+                trace_viewer=jaeger_ui(otlp_endpoint),
             )
             tour.wait_serving()
             tour.run()

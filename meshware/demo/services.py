@@ -31,11 +31,13 @@ __all__ = ["BOOKINFO", "Service", "ServiceGroup", "ServiceStartError", "assign_p
 
 @dataclass(frozen=True, slots=True)
 class Service:
-    """One Bookinfo workload: ``service`` ``version`` served from ``module`` on ``port``."""
+    """One workload: ``service`` ``version`` on ``port``, served from ``app`` (``MODULE:APP``,
+    by default Bookinfo's ``examples.bookinfo.<service>:app``)."""
 
     service: str
     version: str
     port: int = 0
+    app: str = ""
 
     @property
     def name(self) -> str:
@@ -43,7 +45,7 @@ class Service:
 
     @property
     def target(self) -> str:
-        return f"examples.bookinfo.{self.service}:app"
+        return self.app or f"examples.bookinfo.{self.service}:app"
 
 
 BOOKINFO: tuple[Service, ...] = (
@@ -63,7 +65,7 @@ class ServiceStartError(MeshwareError):
 def assign_ports(services: Sequence[Service], base: int) -> list[Service]:
     """Ports ``base``, ``base + 1``, ... in order; ``base == 0`` picks free ports."""
     return [
-        Service(s.service, s.version, free_port() if base == 0 else base + i)
+        Service(s.service, s.version, free_port() if base == 0 else base + i, s.app)
         for i, s in enumerate(services)
     ]
 
@@ -106,7 +108,7 @@ class ServiceGroup:
         self._procs: list[tuple[Service, subprocess.Popen[bytes], IO[bytes]]] = []
 
     def log_path(self, service: Service) -> Path:
-        return self.log_dir / f"{service.service}-{service.version}.log"
+        return self.log_dir / f"{service.service}-{service.version}-{service.port}.log"
 
     def _command(self, service: Service) -> list[str]:
         return [

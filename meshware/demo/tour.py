@@ -92,6 +92,8 @@ class Tour:
     concurrency: int = 8
     sync_timeout: float = 15.0
     check_alive: Callable[[], None] = lambda: None
+    trace_viewer: str | None = None
+    """A URL prefix that opens a trace by id (Jaeger's ``.../trace/``), if spans are exported."""
     mismatches: list[str] = field(default_factory=list)
 
     @property
@@ -234,6 +236,8 @@ class Tour:
             f"  sample request ({audience.label}): trace {sample.trace_id}  {hops}: {verdict}",
             highlight=False,
         )
+        if self.trace_viewer:
+            self.console.print(f"  view it: {self.trace_viewer}{sample.trace_id}", highlight=False)
         if not all(carried):
             self.mismatches.append(f"trace {sample.trace_id} was not propagated")
 

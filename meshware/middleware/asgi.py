@@ -2,8 +2,8 @@
 
 Per HTTP request it builds the :class:`~meshware.middleware.context.RequestContext` from the
 request headers, sets it for the request's task (tasks the app spawns inherit it), counts the
-request in flight for graceful draining, and, while the instance drains, asks clients to
-close their connection. Websocket and lifespan scopes pass through untouched; the response is
+request in flight for graceful draining, records a SERVER span when the request is sampled,
+and, while the instance drains, asks clients to close their connection. Websocket and lifespan scopes pass through untouched; the response is
 never buffered.
 
     app.add_middleware(MeshMiddleware, mesh=mesh)
@@ -11,11 +11,13 @@ never buffered.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from meshware.mesh import Mesh
-from meshware.middleware.context import current_context, from_headers
+from meshware.middleware.context import RequestContext, current_context, from_headers
+from meshware.telemetry.spans import server_span
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -49,7 +51,8 @@ class MeshMiddleware:
             name = raw_name.decode("latin-1").lower()
             if name in wanted and name not in found:
                 found[name] = raw_value.decode("latin-1")
-        context = from_headers(found, sticky_headers=sticky)
+        tracer = mesh.tracer
+        context = from_headers(found, sticky_headers=sticky, sample=tracer.samples)
         if "x-request-id" not in found:
             # The app sees the id the mesh generated, as behind Envoy.
             scope["headers"] = [*scope["headers"], (b"x-request-id", context.request_id.encode())]
@@ -57,12 +60,49 @@ class MeshMiddleware:
         mesh.request_started()
         try:
             if mesh.draining:
-                await self.app(scope, receive, _closing(send))
+                send = _closing(send)
+            if context.flags & 1 and tracer.enabled:
+                await self._traced(scope, receive, send, context)
             else:
                 await self.app(scope, receive, send)
         finally:
             mesh.request_finished()
             current_context.reset(token)
+
+    async def _traced(
+        self, scope: Scope, receive: Receive, send: Send, context: RequestContext
+    ) -> None:
+        """Run the app for a sampled request and record its SERVER span."""
+        start = time.time_ns()
+        status: int | None = None
+
+        async def recording(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        error: BaseException | None = None
+        try:
+            await self.app(scope, receive, recording)
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            route = scope.get("route")
+            client = scope.get("client")
+            server_span(
+                self.mesh.tracer,
+                context,
+                start,
+                method=scope["method"],
+                path=scope["path"],
+                scheme=scope.get("scheme", "http"),
+                status=status,
+                route=getattr(route, "path", None),
+                error=error,
+                peer=client[0] if client else None,
+            )
 
 
 def _closing(send: Send) -> Send:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 
@@ -150,6 +150,13 @@ class RequestContext:
     """Monotonic time after which the caller no longer waits."""
     forwarded: Mapping[str, str] = field(default_factory=dict)
     """Sticky-cohort headers (lower-case name → value) to pass on unchanged."""
+    parent_id: str = ""
+    """The caller's span (from its ``traceparent``), or ``""`` when this hop started the trace."""
+
+    @property
+    def sampled(self) -> bool:
+        """The trace is recorded (the ``sampled`` flag this hop propagates)."""
+        return bool(self.flags & 1)
 
     def traceparent(self) -> str:
         return f"00-{self.trace_id}-{self.span_id}-{self.flags:02x}"
@@ -179,22 +186,33 @@ def current() -> RequestContext | None:
     return current_context.get()
 
 
+def _never(_trace_id: str) -> bool:
+    return False
+
+
 def from_headers(
     get: Mapping[str, str],
     *,
     sticky_headers: frozenset[str] = frozenset(),
     now: float | None = None,
+    sample: Callable[[str], bool] = _never,
 ) -> RequestContext:
-    """Build the context of an inbound request from its (lower-case keyed) headers."""
+    """Build the context of an inbound request from its (lower-case keyed) headers.
+
+    A request that continues a trace keeps the caller's flags (parent-based sampling); one
+    that starts a trace is sampled if ``sample(trace_id)`` says so.
+    """
     parent = parse_traceparent(get.get(TRACEPARENT))
     request_id = get.get(REQUEST_ID, "")
     if not _REQUEST_ID.match(request_id):
         request_id = new_id(16)
     forwarded = {name: get[name] for name in sticky_headers if get.get(name)}
     if parent is None:
+        trace_id = new_id(16)
         return RequestContext(
-            trace_id=new_id(16),
+            trace_id=trace_id,
             span_id=new_id(8),
+            flags=1 if sample(trace_id) else 0,
             request_id=request_id,
             baggage=parse_baggage(get.get(BAGGAGE)),
             deadline=parse_deadline(get.get(DEADLINE), time.monotonic() if now is None else now),
@@ -209,4 +227,5 @@ def from_headers(
         request_id=request_id,
         deadline=parse_deadline(get.get(DEADLINE), time.monotonic() if now is None else now),
         forwarded=forwarded,
+        parent_id=parent.parent_id,
     )

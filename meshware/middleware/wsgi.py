@@ -2,20 +2,22 @@
 
 The request context is set in the request's thread from the request headers until the
 server closes the response iterable (so a streaming body that makes outbound calls still
-carries it), the request is counted in flight for graceful draining, and the app's iterable
-is always closed.
+carries it), the request is counted in flight for graceful draining, a sampled request's
+SERVER span ends when the response is closed, and the app's iterable is always closed.
 
     flask_app.wsgi_app = MeshWSGIMiddleware(flask_app.wsgi_app, mesh=mesh)
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Iterator
 from contextvars import Token
 from typing import Any
 
 from meshware.mesh import Mesh
 from meshware.middleware.context import RequestContext, current_context, from_headers
+from meshware.telemetry.spans import server_span
 
 Environ = dict[str, Any]
 StartResponse = Callable[..., Any]
@@ -47,18 +49,63 @@ class MeshWSGIMiddleware:
             key = "HTTP_" + name.upper().replace("-", "_")
             if key in environ:
                 found[name] = environ[key]
-        context = from_headers(found, sticky_headers=sticky)
+        tracer = mesh.tracer
+        context = from_headers(found, sticky_headers=sticky, sample=tracer.samples)
         if "x-request-id" not in found:
             environ["HTTP_X_REQUEST_ID"] = context.request_id
         token = current_context.set(context)
         mesh.request_started()
+        span = _ServerSpan(environ, context) if context.flags & 1 and tracer.enabled else None
+        if span is not None:
+            start_response = span.wrap(start_response)
         try:
             result = self.app(environ, start_response)
-        except BaseException:
+        except BaseException as exc:
             mesh.request_finished()
             current_context.reset(token)
+            if span is not None:
+                span.end(mesh, exc)
             raise
-        return _Response(result, mesh, token, context)
+        return _Response(result, mesh, token, context, span)
+
+
+class _ServerSpan:
+    """The SERVER span of a sampled WSGI request: started with the call, ended at close()."""
+
+    __slots__ = ("context", "environ", "start", "status")
+
+    def __init__(self, environ: Environ, context: RequestContext) -> None:
+        self.environ = environ
+        self.context = context
+        self.start = time.time_ns()
+        self.status: int | None = None
+
+    def wrap(self, start_response: StartResponse) -> StartResponse:
+        def recording(status: str, headers: Any, exc_info: Any = None) -> Any:
+            code = status[:3]
+            self.status = int(code) if code.isdigit() else None
+            if exc_info is not None:
+                return start_response(status, headers, exc_info)
+            return start_response(status, headers)
+
+        return recording
+
+    def end(self, mesh: Mesh, error: BaseException | None = None) -> None:
+        environ = self.environ
+        rule = environ.get("werkzeug.request")
+        route = getattr(getattr(rule, "url_rule", None), "rule", None)
+        server_span(
+            mesh.tracer,
+            self.context,
+            self.start,
+            method=environ.get("REQUEST_METHOD", "GET"),
+            path=environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", ""),
+            scheme=environ.get("wsgi.url_scheme", "http"),
+            status=self.status,
+            route=route,
+            error=error,
+            peer=environ.get("REMOTE_ADDR"),
+        )
 
 
 class _Response:
@@ -70,11 +117,13 @@ class _Response:
         mesh: Mesh,
         token: Token[RequestContext | None],
         context: RequestContext,
+        span: _ServerSpan | None,
     ) -> None:
         self._inner = inner
         self._mesh = mesh
         self._token: Token[RequestContext | None] | None = token
         self._context = context
+        self._span = span
 
     def __iter__(self) -> Iterator[bytes]:
         token = current_context.set(self._context)  # servers may iterate elsewhere
@@ -92,6 +141,8 @@ class _Response:
             token, self._token = self._token, None
             if token is not None:
                 self._mesh.request_finished()
+                if self._span is not None:
+                    self._span.end(self._mesh)
                 try:
                     current_context.reset(token)
                 except ValueError:

@@ -18,6 +18,7 @@ from meshware.config.model.networking import Destination
 from meshware.errors import MeshTransportError, UpstreamOverflowError, UpstreamTimeoutError
 from meshware.middleware.context import current_context
 from meshware.routing.balance import Balancer
+from meshware.telemetry.spans import Call, client_call
 from meshware.transport.endpoint import AsyncEndpointPool
 from meshware.transport.outbound import (
     MeshView,
@@ -75,17 +76,26 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
             raise
         if isinstance(plan, Passthrough):
             return await self._passthrough.handle_async_request(request)
+        call = client_call(self.outbound.mesh.tracer, current_context.get(), request, plan.decision)
         if plan.fault is not None:
             if plan.fault.delay:
+                call.fault("delay")
                 await self._sleep(plan.fault.delay)
             if plan.fault.abort:
+                call.fault("abort")
+                call.finish(plan.fault.abort)
                 return abort_response(plan.fault.abort, request)
         for destination in plan.mirrors:
             self._mirror(request, plan, destination)
-        await self._admit(plan, request)
         try:
-            return await self._send(request, plan)
-        except BaseException:
+            await self._admit(plan, request)
+        except BaseException as exc:
+            call.finish(error=exc)
+            raise
+        try:
+            return await self._send(request, plan, call)
+        except BaseException as exc:
+            call.finish(error=exc)
             self.outbound.end_retry(plan)
             self._release(plan)
             raise
@@ -135,7 +145,7 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
 
     # -- the attempt loop --------------------------------------------------------------------
 
-    async def _send(self, request: httpx.Request, plan: Plan) -> httpx.Response:
+    async def _send(self, request: httpx.Request, plan: Plan, call: Call) -> httpx.Response:
         outbound = self.outbound
         now = self._clock()
         deadline = now + plan.timeout if plan.timeout else None
@@ -162,14 +172,20 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
             balancer.start(endpoint.address)
             try:
                 response = await pool.send(
-                    request, target, headers, attempt_timeouts(request, timeout)
+                    request,
+                    target,
+                    call.attempt_headers(headers),
+                    attempt_timeouts(request, timeout),
                 )
             except httpx.TransportError as exc:
+                call.attempt_end(endpoint.address, error=exc)
                 attempt += 1
                 await self._sleep(outbound.failed(plan, endpoint, exc, attempt, deadline))
                 continue
-            delay = outbound.answered(plan, endpoint, response.status_code, attempt, deadline)
+            status = response.status_code
+            delay = outbound.answered(plan, endpoint, status, attempt, deadline)
             if delay is not None:
+                call.attempt_end(endpoint.address, status)
                 attempt += 1
                 await response.aclose()
                 balancer.finish(endpoint.address)
@@ -179,19 +195,26 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
                 try:
                     await response.aread()
                 except httpx.TransportError as exc:
+                    call.attempt_end(endpoint.address, error=exc)
                     attempt += 1
                     await self._sleep(outbound.failed(plan, endpoint, exc, attempt, deadline))
                     continue
+                call.attempt_end(endpoint.address, status)
+                call.finish(status)
                 apply_header_operations(response.headers, plan.response_headers)
                 balancer.finish(endpoint.address)
                 self._release(plan)
                 return response
+            call.attempt_end(endpoint.address, status)
             apply_header_operations(response.headers, plan.response_headers)
             address = endpoint.address
 
-            def done(address: str = address, balancer: Balancer = balancer) -> None:
+            def done(
+                address: str = address, balancer: Balancer = balancer, status: int = status
+            ) -> None:
                 balancer.finish(address)
                 self._release(plan)
+                call.finish(status)
 
             assert isinstance(response.stream, httpx.AsyncByteStream)
             response.stream = AsyncClosingStream(response.stream, done)

@@ -44,6 +44,7 @@ from meshware.resilience.retry import Outcome, RetryBudget, RetryPolicy, can_rep
 from meshware.routing.balance import Balancer, hash_key_of, make_balancer
 from meshware.routing.request import RequestInfo
 from meshware.routing.table import RouteDecision, RouteTable
+from meshware.telemetry.tracing import Tracer
 
 OutboundPolicy = Literal["ALLOW_ANY", "REGISTRY_ONLY"]
 MAX_BUFFERED_RESPONSE = 64 * 1024
@@ -67,6 +68,9 @@ class MeshView(Protocol):
 
     @property
     def outbound_traffic_policy(self) -> OutboundPolicy: ...
+
+    @property
+    def tracer(self) -> Tracer | None: ...
 
 
 class DestinationState:

@@ -19,6 +19,7 @@ from meshware.config.model.networking import Destination
 from meshware.errors import MeshTransportError, UpstreamOverflowError, UpstreamTimeoutError
 from meshware.middleware.context import current_context
 from meshware.routing.balance import Balancer
+from meshware.telemetry.spans import Call, client_call
 from meshware.transport.endpoint import EndpointPool
 from meshware.transport.outbound import (
     MeshView,
@@ -77,17 +78,26 @@ class MeshTransport(httpx.BaseTransport):
             raise
         if isinstance(plan, Passthrough):
             return self._passthrough.handle_request(request)
+        call = client_call(self.outbound.mesh.tracer, current_context.get(), request, plan.decision)
         if plan.fault is not None:
             if plan.fault.delay:
+                call.fault("delay")
                 self._sleep(plan.fault.delay)
             if plan.fault.abort:
+                call.fault("abort")
+                call.finish(plan.fault.abort)
                 return abort_response(plan.fault.abort, request)
         for destination in plan.mirrors:
             self._mirror(request, plan, destination)
-        self._admit(plan, request)
         try:
-            return self._send(request, plan)
-        except BaseException:
+            self._admit(plan, request)
+        except BaseException as exc:
+            call.finish(error=exc)
+            raise
+        try:
+            return self._send(request, plan, call)
+        except BaseException as exc:
+            call.finish(error=exc)
             self.outbound.end_retry(plan)
             self._release(plan)
             raise
@@ -133,7 +143,7 @@ class MeshTransport(httpx.BaseTransport):
 
     # -- the attempt loop --------------------------------------------------------------------
 
-    def _send(self, request: httpx.Request, plan: Plan) -> httpx.Response:
+    def _send(self, request: httpx.Request, plan: Plan, call: Call) -> httpx.Response:
         outbound = self.outbound
         now = self._clock()
         deadline = now + plan.timeout if plan.timeout else None
@@ -159,13 +169,21 @@ class MeshTransport(httpx.BaseTransport):
             balancer = plan.state.balancer
             balancer.start(endpoint.address)
             try:
-                response = pool.send(request, target, headers, attempt_timeouts(request, timeout))
+                response = pool.send(
+                    request,
+                    target,
+                    call.attempt_headers(headers),
+                    attempt_timeouts(request, timeout),
+                )
             except httpx.TransportError as exc:
+                call.attempt_end(endpoint.address, error=exc)
                 attempt += 1
                 self._sleep(outbound.failed(plan, endpoint, exc, attempt, deadline))
                 continue
-            delay = outbound.answered(plan, endpoint, response.status_code, attempt, deadline)
+            status = response.status_code
+            delay = outbound.answered(plan, endpoint, status, attempt, deadline)
             if delay is not None:
+                call.attempt_end(endpoint.address, status)
                 attempt += 1
                 response.close()
                 balancer.finish(endpoint.address)
@@ -175,19 +193,26 @@ class MeshTransport(httpx.BaseTransport):
                 try:
                     response.read()
                 except httpx.TransportError as exc:
+                    call.attempt_end(endpoint.address, error=exc)
                     attempt += 1
                     self._sleep(outbound.failed(plan, endpoint, exc, attempt, deadline))
                     continue
+                call.attempt_end(endpoint.address, status)
+                call.finish(status)
                 apply_header_operations(response.headers, plan.response_headers)
                 balancer.finish(endpoint.address)
                 self._release(plan)
                 return response
+            call.attempt_end(endpoint.address, status)
             apply_header_operations(response.headers, plan.response_headers)
             address = endpoint.address
 
-            def done(address: str = address, balancer: Balancer = balancer) -> None:
+            def done(
+                address: str = address, balancer: Balancer = balancer, status: int = status
+            ) -> None:
                 balancer.finish(address)
                 self._release(plan)
+                call.finish(status)
 
             assert isinstance(response.stream, httpx.SyncByteStream)
             response.stream = ClosingStream(response.stream, done)

@@ -13,6 +13,7 @@ from meshware.config.parse import load_yaml, parse_documents
 from meshware.config.registry import InstanceRecord
 from meshware.resilience.retry import Outcome
 from meshware.routing.table import RouteTable
+from meshware.telemetry.tracing import Tracer
 from meshware.transport.outbound import Outbound, OutboundPolicy, Plan
 
 CONFIG = """
@@ -42,6 +43,7 @@ class View:
     labels: Mapping[str, str] = field(default_factory=dict)
     namespace: str = "default"
     outbound_traffic_policy: OutboundPolicy = "ALLOW_ANY"
+    tracer: Tracer | None = None
 
 
 def _outbound() -> Outbound:

@@ -1,0 +1,239 @@
+"""The spans of one outbound call: a CLIENT span for the logical request, one child per attempt.
+
+The transports drive a :class:`ClientCall` at fixed points of their attempt loop (attempt
+started, attempt ended, call finished). For a request that is not sampled they get
+:data:`UNTRACED`, whose methods do nothing, so the loop has no tracing branches and an
+unsampled call allocates nothing for tracing.
+
+Each attempt has its own span id and the upstream request carries it as the parent in its
+``traceparent``: the callee's SERVER span hangs under the attempt that reached it, so a
+retried call shows which attempt failed, where, and why.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import httpx
+
+from meshware.errors import NoHealthyUpstreamError, UpstreamOverflowError, UpstreamTimeoutError
+from meshware.middleware.context import RequestContext, new_id
+from meshware.routing.table import RouteDecision
+from meshware.telemetry.tracing import SpanKind, Tracer
+
+__all__ = ["UNTRACED", "Call", "ClientCall", "client_call", "server_span"]
+
+Headers = list[tuple[bytes, bytes]]
+
+
+class ClientCall:
+    """Records one sampled outbound call (see the module docstring)."""
+
+    __slots__ = (
+        "_attempt_id",
+        "_attempt_start",
+        "attempts",
+        "attributes",
+        "context",
+        "flags",
+        "name",
+        "span_id",
+        "start",
+        "tracer",
+    )
+
+    def __init__(
+        self,
+        tracer: Tracer,
+        context: RequestContext,
+        request: httpx.Request,
+        decision: RouteDecision,
+    ) -> None:
+        self.tracer = tracer
+        self.context = context
+        self.span_id = new_id(8)
+        self.start = time.time_ns()
+        url = request.url
+        method = request.method
+        self.name = f"{method} {url.host}"  # the service as the caller named it
+        self.attempts = 0
+        self.flags: list[str] = []
+        self._attempt_id = ""
+        self._attempt_start = 0
+        self.attributes: dict[str, Any] = {
+            "http.request.method": method,
+            "url.full": str(url),
+            "server.address": url.host,
+            "server.port": url.port or (443 if url.scheme == "https" else 80),
+            "meshware.destination.service": decision.service_host,
+            "meshware.destination.subset": decision.subset,
+            "meshware.route": decision.route_name,
+        }
+        if decision.virtual_service:
+            self.attributes["meshware.virtual_service"] = decision.virtual_service
+
+    def fault(self, kind: str) -> None:
+        """An injected fault: ``delay`` (Envoy's response flag DI) or ``abort`` (FI)."""
+        self.attributes["meshware.fault_injected"] = kind
+        self.flags.append("DI" if kind == "delay" else "FI")
+
+    def attempt_headers(self, headers: Headers) -> Headers:
+        """Start an attempt: ``headers`` with this attempt's span as the ``traceparent`` parent.
+
+        A ``traceparent`` the application set itself is left alone.
+        """
+        self.attempts += 1
+        self._attempt_id = new_id(8)
+        self._attempt_start = time.time_ns()
+        ours = self.context.traceparent().encode()
+        mine = f"00-{self.context.trace_id}-{self._attempt_id}-01".encode()
+        return [(name, mine if value == ours else value) for name, value in headers]
+
+    def attempt_end(
+        self, address: str, status: int | None = None, error: BaseException | None = None
+    ) -> None:
+        """End the current attempt: answered with ``status`` or failed with ``error``."""
+        host, _, port = address.rpartition(":")
+        attributes: dict[str, Any] = {
+            "http.request.method": self.attributes["http.request.method"],
+            "server.address": host,
+            "server.port": int(port) if port.isdigit() else 0,
+            "meshware.attempt": self.attempts,
+        }
+        if self.attempts > 1:
+            attributes["http.request.resend_count"] = self.attempts - 1
+        if status is not None:
+            attributes["http.response.status_code"] = status
+        if error is not None:
+            attributes["error.type"] = type(error).__name__
+        self.tracer.emit(
+            f"attempt {self.attempts}",
+            SpanKind.CLIENT,
+            self.context.trace_id,
+            self._attempt_id,
+            self.span_id,
+            self._attempt_start,
+            time.time_ns(),
+            attributes,
+            error=error is not None or (status is not None and status >= 500),
+        )
+
+    def finish(self, status: int | None = None, error: BaseException | None = None) -> None:
+        """End the logical call's span."""
+        attributes = self.attributes
+        attributes["meshware.attempts"] = self.attempts
+        if status is not None:
+            attributes["http.response.status_code"] = status
+        if error is not None:
+            attributes["error.type"] = type(error).__name__
+            self.flags.append(_error_flag(error))
+        failed = error is not None or (status is not None and status >= 500)
+        if self.attempts > 1:
+            attributes["meshware.retried"] = True
+            if failed:
+                self.flags.append("URX")  # Envoy: upstream retry limit exceeded
+        if self.flags:
+            attributes["meshware.response_flags"] = ",".join(self.flags)
+        self.tracer.emit(
+            self.name,
+            SpanKind.CLIENT,
+            self.context.trace_id,
+            self.span_id,
+            self.context.span_id,
+            self.start,
+            time.time_ns(),
+            attributes,
+            error=failed,
+        )
+
+
+def _error_flag(error: BaseException) -> str:
+    """Envoy's response flag for a failed call."""
+    if isinstance(error, UpstreamTimeoutError):
+        return "UT"
+    if isinstance(error, NoHealthyUpstreamError):
+        return "UH"
+    if isinstance(error, UpstreamOverflowError):
+        return "UO"
+    return "UF"
+
+
+class _Untraced:
+    """The :class:`ClientCall` of an unsampled request: every method does nothing."""
+
+    __slots__ = ()
+
+    def fault(self, kind: str) -> None:
+        pass
+
+    def attempt_headers(self, headers: Headers) -> Headers:
+        return headers
+
+    def attempt_end(
+        self, address: str, status: int | None = None, error: BaseException | None = None
+    ) -> None:
+        pass
+
+    def finish(self, status: int | None = None, error: BaseException | None = None) -> None:
+        pass
+
+
+UNTRACED = _Untraced()
+
+Call = ClientCall | _Untraced
+"""What the transports hold for each outbound call."""
+
+
+def client_call(
+    tracer: Tracer | None,
+    context: RequestContext | None,
+    request: httpx.Request,
+    decision: RouteDecision,
+) -> Call:
+    """A recorder for this call: a real one only if its request is sampled and tracing is on."""
+    if tracer is None or context is None or not context.flags & 1 or not tracer.enabled:
+        return UNTRACED
+    return ClientCall(tracer, context, request, decision)
+
+
+def server_span(
+    tracer: Tracer,
+    context: RequestContext,
+    start_ns: int,
+    *,
+    method: str,
+    path: str,
+    scheme: str,
+    status: int | None,
+    route: str | None = None,
+    error: BaseException | None = None,
+    peer: str | None = None,
+) -> None:
+    """Record the SERVER span of one inbound request (the middleware calls this at its end)."""
+    attributes: dict[str, Any] = {
+        "http.request.method": method,
+        "url.path": path,
+        "url.scheme": scheme,
+        "meshware.request_id": context.request_id,
+    }
+    if route:
+        attributes["http.route"] = route
+    if status is not None:
+        attributes["http.response.status_code"] = status
+    if error is not None:
+        attributes["error.type"] = type(error).__name__
+    if peer:
+        attributes["client.address"] = peer
+    tracer.emit(
+        f"{method} {route}" if route else method,
+        SpanKind.SERVER,
+        context.trace_id,
+        context.span_id,
+        context.parent_id,
+        start_ns,
+        time.time_ns(),
+        attributes,
+        error=error is not None or status is None or status >= 500,
+        remote_parent=True,
+    )
