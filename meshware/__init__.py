@@ -24,6 +24,7 @@ from meshware.mesh import Mesh
 from meshware.middleware.asgi import MeshMiddleware
 from meshware.middleware.context import current as current_request
 from meshware.middleware.wsgi import MeshWSGIMiddleware
+from meshware.security.peer import peer_identity
 from meshware.settings import Settings
 from meshware.transport.aio import AsyncMeshTransport
 from meshware.transport.sync import MeshTransport
@@ -54,4 +55,5 @@ __all__ = [
     "UpstreamTimeoutError",
     "__version__",
     "current_request",
+    "peer_identity",
 ]

@@ -33,6 +33,7 @@ from meshware.config.model.networking import VirtualService
 from meshware.config.registry import InstanceRecord
 from meshware.config.watch import ConfigWatcher, Snapshot
 from meshware.routing.table import RouteTable
+from meshware.security.tls import WorkloadTLS
 from meshware.settings import Settings, default_state_dir
 from meshware.telemetry.export import otlp_exporter
 from meshware.telemetry.policy import tracing_percentage
@@ -74,6 +75,8 @@ class Mesh:
         otlp_endpoint: str | None = None,
         trace_sampling: float = DEFAULT_PERCENTAGE,
         span_exporter: SpanExporter | None = None,
+        cert_dir: str | os.PathLike[str] | None = None,
+        mtls: str = "DISABLE",
     ) -> None:
         self.settings = Settings(
             service=service,
@@ -92,6 +95,8 @@ class Mesh:
             discovery_interval=discovery_interval,
             otlp_endpoint=otlp_endpoint,
             trace_sampling=trace_sampling,
+            cert_dir=Path(cert_dir) if cert_dir else None,
+            mtls=mtls,
         )
         self._init_runtime(instance_id, span_exporter)
 
@@ -122,6 +127,8 @@ class Mesh:
         s = self.settings
         self.instance_id = instance_id or f"{s.service}-{s.version}-{secrets.token_hex(4)}"
         self.labels: Mapping[str, str] = s.effective_labels
+        self.tls: WorkloadTLS | None = WorkloadTLS(s.cert_dir) if s.cert_dir else None
+        """This workload's credentials, for mutual TLS in and out (None without ``cert_dir``)."""
         self.tracer = Tracer(
             {
                 "service.name": s.service,
@@ -341,6 +348,8 @@ class Mesh:
             nack_version=nack.version if nack else 0,
             nack_reason=nack.reason if nack else "",
             draining=self._draining,
+            mtls=s.mtls == "STRICT",
+            identity=self.tls.identity.uri if self.tls is not None else "",
         )
 
     # -- lifecycle -----------------------------------------------------------------------

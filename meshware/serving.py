@@ -12,6 +12,7 @@ import importlib
 import inspect
 import logging
 import os
+import ssl
 import sys
 import threading
 from types import FrameType
@@ -21,6 +22,7 @@ import uvicorn
 
 from meshware.errors import MeshwareError
 from meshware.mesh import Mesh
+from meshware.security.uvicorn_tls import MeshH11Protocol, check_uvicorn
 
 log = logging.getLogger("meshware.serving")
 
@@ -57,7 +59,19 @@ def run(
 ) -> None:
     """Serve ``app`` (already wrapped with :class:`~meshware.MeshMiddleware`) until a signal."""
     config = uvicorn.Config(app, host=host, port=port, lifespan="on", **uvicorn_options)
-    DrainingServer(config, mesh).run()
+    DrainingServer(secured(config, mesh), mesh).run()
+
+
+def secured(config: uvicorn.Config, mesh: Mesh) -> uvicorn.Config:
+    """``config`` serving mutual TLS when the mesh's mode is STRICT (a client certificate
+    issued under the trust bundle is required; the verified peer reaches the app)."""
+    if mesh.settings.mtls != "STRICT" or mesh.tls is None:
+        return config
+    check_uvicorn()
+    config.http = MeshH11Protocol
+    config.load()
+    config.ssl = mesh.tls.server_context(require_client_certificate=True)
+    return config
 
 
 def load_target(target: str) -> Any:
@@ -121,6 +135,24 @@ def build(target: str) -> tuple[Any, Mesh]:
     return adapter, mesh
 
 
+def _worker_tls() -> dict[str, Any]:
+    """uvicorn's file-based TLS options for workers (each builds its own context)."""
+    from meshware.settings import Settings
+
+    settings = Settings.from_env()
+    if settings.mtls != "STRICT" or settings.cert_dir is None:
+        return {}
+    check_uvicorn()
+    directory = settings.cert_dir
+    return {
+        "http": MeshH11Protocol,
+        "ssl_certfile": str(directory / "cert.pem"),
+        "ssl_keyfile": str(directory / "key.pem"),
+        "ssl_ca_certs": str(directory / "bundle.pem"),
+        "ssl_cert_reqs": ssl.CERT_REQUIRED,
+    }
+
+
 def worker_app() -> Any:
     """uvicorn factory for multi-worker serving: each worker builds its own app and mesh."""
     app, mesh = build(os.environ["MESHWARE_SERVE_TARGET"])
@@ -169,6 +201,7 @@ def serve_target(
             workers=workers,
             log_level="info",
             lifespan="on",
+            **_worker_tls(),
         )
         return
     app, mesh = build(target)
@@ -181,7 +214,7 @@ def serve_target(
         threading.Thread(target=admin.run, name="meshware-admin", daemon=True).start()
     try:
         config = uvicorn.Config(app, host=host, port=port, lifespan="auto", log_level="info")
-        DrainingServer(config, mesh).run()
+        DrainingServer(secured(config, mesh), mesh).run()
     finally:
         if admin is not None:
             admin.should_exit = True

@@ -46,6 +46,10 @@ class Settings:
     otlp_endpoint: str | None = None
     trace_sampling: float = 1.0
     """Percent of new traces recorded unless a ``Telemetry`` resource says otherwise."""
+    cert_dir: Path | None = None
+    """Workload credentials (``cert.pem``, ``key.pem``, ``bundle.pem``) for mutual TLS."""
+    mtls: str = "DISABLE"
+    """What this instance's server enforces: ``STRICT`` (mutual TLS only) or ``DISABLE``."""
 
     def __post_init__(self) -> None:
         problems: list[Problem] = []
@@ -92,6 +96,10 @@ class Settings:
             bad(
                 "trace_sampling", f"must be a percentage from 0 to 100, got {self.trace_sampling!r}"
             )
+        if self.mtls not in ("STRICT", "DISABLE"):
+            bad("mtls", f"must be STRICT or DISABLE, got {self.mtls!r}")
+        if self.mtls == "STRICT" and self.cert_dir is None:
+            bad("mtls", "STRICT needs workload credentials (cert_dir / MESHWARE_CERT_DIR)")
         if self.instance_ttl <= self.heartbeat_interval:
             bad("instance_ttl", "must be longer than heartbeat_interval")
         if problems:
@@ -125,6 +133,10 @@ class Settings:
                 values[name] = env[var]
         if env.get("MESHWARE_CONFIG"):
             values["config_file"] = Path(env["MESHWARE_CONFIG"])
+        if env.get("MESHWARE_CERT_DIR"):
+            values["cert_dir"] = Path(env["MESHWARE_CERT_DIR"])
+        if env.get("MESHWARE_MTLS"):
+            values["mtls"] = env["MESHWARE_MTLS"].upper()
         if env.get("MESHWARE_STATE_DIR"):
             values["state_dir"] = Path(env["MESHWARE_STATE_DIR"])
         if env.get("MESHWARE_LABELS"):

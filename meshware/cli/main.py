@@ -8,6 +8,7 @@ import time
 import click
 
 from meshware import __version__
+from meshware.cli.ca_cmd import ca
 from meshware.cli.config_cmds import apply, delete, get, history, rollback
 from meshware.cli.context import CliContext, out, report_errors
 from meshware.cli.demo_cmd import demo
@@ -69,7 +70,7 @@ def redis_cmd(port: int) -> None:
         server.close()
 
 
-for command in (apply, get, delete, history, rollback, status, demo, serve):
+for command in (apply, get, delete, history, rollback, status, demo, serve, ca):
     cli.add_command(command)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import click
 
@@ -38,6 +39,22 @@ from meshware.cli.context import report_errors
     "Default: --host, or 127.0.0.1 when binding 0.0.0.0/::. "
     "Env: MESHWARE_ADVERTISE_ADDRESS.",
 )
+@click.option(
+    "--cert-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    envvar="MESHWARE_CERT_DIR",
+    help="Workload credentials (cert.pem, key.pem, bundle.pem) for mutual TLS. "
+    "Env: MESHWARE_CERT_DIR.",
+)
+@click.option(
+    "--mtls",
+    type=click.Choice(["strict", "disable"], case_sensitive=False),
+    default=None,
+    envvar="MESHWARE_MTLS",
+    help="Inbound mutual TLS: strict (client certificate required; the default with "
+    "--cert-dir) or disable. Env: MESHWARE_MTLS.",
+)
 @click.pass_context
 @report_errors
 def serve(
@@ -50,6 +67,8 @@ def serve(
     workers: int,
     admin_port: int | None,
     advertise: str | None,
+    cert_dir: Path | None,
+    mtls: str | None,
 ) -> None:
     """Run MODULE:APP (ASGI under uvicorn, WSGI through a2wsgi) joined to the mesh.
 
@@ -69,6 +88,10 @@ def serve(
             "MESHWARE_MESH": root["mesh"],
         }
     )
+    if cert_dir is not None:
+        os.environ["MESHWARE_CERT_DIR"] = str(cert_dir.resolve())
+    mode = (mtls or ("strict" if cert_dir is not None else "disable")).upper()
+    os.environ["MESHWARE_MTLS"] = mode
     serve_target(target, host=host, port=port, workers=workers, admin_port=admin_port)
 
 

@@ -37,6 +37,8 @@ class Endpoint:
     labels: Mapping[str, str] = field(default_factory=dict)
     instance: str = ""
     draining: bool = False
+    mtls: bool = False
+    """The instance serves mutual TLS (auto-mTLS: callers use it by default)."""
     address: str = field(init=False, compare=False)
     """``host:port``: the key of this endpoint's pool, balancer and ejection state."""
 
@@ -89,6 +91,7 @@ def build_table(records: Iterable[InstanceRecord]) -> EndpointTable:
                 labels=MappingProxyType(dict(record.labels)),
                 instance=record.instance,
                 draining=record.draining,
+                mtls=record.mtls,
             )
         )
     return EndpointTable(

@@ -45,6 +45,10 @@ class InstanceRecord:
     nack_version: int = 0
     nack_reason: str = ""
     draining: bool = False
+    mtls: bool = False
+    """The instance serves mutual TLS: callers use it unless a DestinationRule says otherwise."""
+    identity: str = ""
+    """Its SPIFFE ID, as advertised (callers check the one they expect, not this one)."""
 
     def to_hash(self) -> dict[str, str]:
         return {
@@ -66,6 +70,8 @@ class InstanceRecord:
             "nack_version": str(self.nack_version),
             "nack_reason": self.nack_reason,
             "draining": "1" if self.draining else "0",
+            "mtls": "1" if self.mtls else "0",
+            "identity": self.identity,
         }
 
     def config_fields(self) -> dict[str, str]:
@@ -104,6 +110,8 @@ class InstanceRecord:
                 nack_version=int(data.get("nack_version") or 0),
                 nack_reason=data.get("nack_reason", ""),
                 draining=data.get("draining") == "1",
+                mtls=data.get("mtls") == "1",
+                identity=data.get("identity", ""),
             )
         except (KeyError, ValueError, TypeError, AttributeError) as exc:
             raise ValueError(f"malformed instance record: {exc}") from None
@@ -134,6 +142,8 @@ class InstanceStatus:
             "reason": self.reason,
             "heartbeat_age": round(self.heartbeat_age, 3),
             "draining": r.draining,
+            "mtls": r.mtls,
+            "identity": r.identity,
             "pid": r.pid,
             "hostname": r.hostname,
         }

@@ -38,6 +38,8 @@ class Service:
     version: str
     port: int = 0
     app: str = ""
+    args: tuple[str, ...] = ()
+    """Extra ``meshware serve`` options (``--cert-dir``, ``--mtls``, ...)."""
 
     @property
     def name(self) -> str:
@@ -65,7 +67,7 @@ class ServiceStartError(MeshwareError):
 def assign_ports(services: Sequence[Service], base: int) -> list[Service]:
     """Ports ``base``, ``base + 1``, ... in order; ``base == 0`` picks free ports."""
     return [
-        Service(s.service, s.version, free_port() if base == 0 else base + i, s.app)
+        Service(s.service, s.version, free_port() if base == 0 else base + i, s.app, s.args)
         for i, s in enumerate(services)
     ]
 
@@ -127,6 +129,7 @@ class ServiceGroup:
             service.version,
             "--port",
             str(service.port),
+            *service.args,
         ]
 
     def start(self) -> None:

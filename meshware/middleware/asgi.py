@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import replace
 from typing import Any
 
 from meshware.mesh import Mesh
 from meshware.middleware.context import RequestContext, current_context, from_headers
+from meshware.security.peer import FORGEABLE_HEADER, from_scope
 from meshware.telemetry.spans import server_span
 
 Scope = MutableMapping[str, Any]
@@ -26,8 +28,19 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _WANTED = frozenset(
-    {"traceparent", "tracestate", "baggage", "x-request-id", "x-meshware-deadline-ms"}
+    {
+        "traceparent",
+        "tracestate",
+        "baggage",
+        "x-request-id",
+        "x-meshware-deadline-ms",
+        FORGEABLE_HEADER,
+    }
 )
+_FORGEABLE = FORGEABLE_HEADER.encode()
+_JOINED = frozenset({"traceparent", "tracestate", "baggage"})
+"""Headers whose repeated fields are joined with commas, as WSGI servers do: ``tracestate`` and
+``baggage`` are lists; ``traceparent`` is not, so two of them make it invalid (a new trace)."""
 
 
 class MeshMiddleware:
@@ -49,10 +62,18 @@ class MeshMiddleware:
         found: dict[str, str] = {}
         for raw_name, raw_value in scope["headers"]:
             name = raw_name.decode("latin-1").lower()
-            if name in wanted and name not in found:
-                found[name] = raw_value.decode("latin-1")
+            if name in wanted:
+                if name not in found:
+                    found[name] = raw_value.decode("latin-1")
+                elif name in _JOINED:  # repeated fields, joined in order (RFC 9110 §5.3)
+                    found[name] = f"{found[name]},{raw_value.decode('latin-1')}"
         tracer = mesh.tracer
         context = from_headers(found, sticky_headers=sticky, sample=tracer.samples)
+        peer = from_scope(scope)
+        if peer is not None:
+            context = replace(context, peer=peer)
+        if FORGEABLE_HEADER in found:  # only the TLS connection says who the caller is
+            scope["headers"] = [h for h in scope["headers"] if h[0].lower() != _FORGEABLE]
         if "x-request-id" not in found:
             # The app sees the id the mesh generated, as behind Envoy.
             scope["headers"] = [*scope["headers"], (b"x-request-id", context.request_id.encode())]

@@ -8,6 +8,17 @@ client finds it without the application passing anything: no header forwarding i
 
 Parsing is strict and never raises: a malformed header is ignored as the W3C specifications
 say (a bad ``traceparent`` starts a new trace; a bad ``tracestate`` or ``baggage`` is dropped).
+
+``traceparent``/``tracestate`` follow W3C Trace Context Level 1 (REC 2021-11-23) and Level 2
+(CRD 2024-03-28); where the two differ, Level 2 wins (it supersedes Level 1):
+
+* trace-flags: bit 0 is *sampled*, bit 1 Level 2's *random-trace-id*; this hop sets the random
+  flag on the traces it starts (their ids are ``os.urandom``), keeps the caller's on the traces
+  it continues, and zeroes every other bit ("Vendors MUST set those to zero", Other Flags);
+* ``tracestate`` keys follow Level 2's grammar, ``(lcalpha / DIGIT) 0*255(keychar)`` with ``@``
+  a keychar, which accepts every Level 1 key (simple or ``tenant@system``) and more;
+* a ``tracestate`` longer than :data:`MAX_TRACESTATE_CHARS` is truncated the way §3.3.1.5
+  says: whole entries, those over 128 characters first, then from the end.
 """
 
 from __future__ import annotations
@@ -27,17 +38,35 @@ DEADLINE = "x-meshware-deadline-ms"
 """Milliseconds the caller still allows, relative (like gRPC's ``grpc-timeout``), so clocks
 need not agree between hosts."""
 
-_TRACEPARENT = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?$")
-_TRACESTATE_KEY = re.compile(
-    r"^([a-z0-9][_0-9a-z\-*/]{0,255}|[a-z0-9][_0-9a-z\-*/]{0,240}@[a-z][_0-9a-z\-*/]{0,13})$"
-)
-_TRACESTATE_VALUE = re.compile(
-    r"^[\x20-\x2b\x2d-\x3c\x3e-\x7e]{0,255}[\x21-\x2b\x2d-\x3c\x3e-\x7e]$"
-)
+SAMPLED = 0x01
+"""trace-flags bit 0, *sampled*: the caller may have recorded trace data (§3.2.2.5.1)."""
+RANDOM_TRACE_ID = 0x02
+"""trace-flags bit 1, Level 2's *random-trace-id*: the right-most 7 bytes of the trace id are
+random (§3.2.2.5.2 of Level 2)."""
+KNOWN_FLAGS = SAMPLED | RANDOM_TRACE_ID
+"""The flags this hop propagates; every other bit is sent as zero."""
+
+# version "-" trace-id "-" parent-id "-" trace-flags, then (for a version above 00 only) "-" and
+# fields this version cannot know. No comma anywhere: a comma means the header came as several
+# fields (RFC 9110 §5.3 joins them with commas), and traceparent is a single-valued field.
+_TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-[^,]*)?")
+_ZERO_TRACE_ID = "0" * 32
+_ZERO_PARENT_ID = "0" * 16
+_OWS = " \t"
+"""RFC 9110's optional whitespace: space and horizontal tab, nothing else."""
+_TRACESTATE_KEY = re.compile(r"[a-z0-9][a-z0-9_\-*/@]{0,255}")
+_TRACESTATE_VALUE = re.compile(r"[\x20-\x2b\x2d-\x3c\x3e-\x7e]{0,255}[\x21-\x2b\x2d-\x3c\x3e-\x7e]")
 _BAGGAGE_KEY = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _BAGGAGE_VALUE = re.compile(r"^[\x21\x23-\x2b\x2d-\x3a\x3c-\x5b\x5d-\x7e]*$")
 _REQUEST_ID = re.compile(r"^[\x21-\x7e]{1,128}$")
 MAX_TRACESTATE_MEMBERS = 32
+MAX_TRACESTATE_CHARS = 512
+"""The longest ``tracestate`` propagated (entries plus the commas between them): the 512
+characters the specification asks every vendor to carry, so a hop's header cost stays bounded
+(up to 32 entries of 513 characters each would otherwise be legal). Longer ones are truncated,
+never dropped whole."""
+_TRACESTATE_LARGE_ENTRY = 128
+"""Entries longer than this go first when ``tracestate`` must be truncated (§3.3.1.5)."""
 MAX_BAGGAGE_MEMBERS = 180
 MAX_BAGGAGE_BYTES = 8192
 
@@ -49,63 +78,105 @@ class TraceParent:
     trace_id: str
     parent_id: str
     flags: int = 0
+    """trace-flags: :data:`SAMPLED` and :data:`RANDOM_TRACE_ID`; other bits are always zero."""
 
     def format(self) -> str:
-        return f"00-{self.trace_id}-{self.parent_id}-{self.flags:02x}"
+        return f"00-{self.trace_id}-{self.parent_id}-{self.flags & KNOWN_FLAGS:02x}"
 
     @property
     def sampled(self) -> bool:
-        return bool(self.flags & 1)
+        return bool(self.flags & SAMPLED)
+
+    @property
+    def random(self) -> bool:
+        """The caller's trace id has (at least) 7 random right-most bytes (Level 2)."""
+        return bool(self.flags & RANDOM_TRACE_ID)
 
 
 def parse_traceparent(value: str | None) -> TraceParent | None:
     """A valid ``traceparent``, or None (then the request starts a new trace).
 
-    Version ``ff`` and all-zero ids are invalid; a future version is read for its first four
-    fields only if they are well formed; version ``00`` allows nothing after the flags.
+    Lower-case hex only; version ``ff`` and all-zero ids are invalid; version ``00`` allows
+    nothing after the flags; a higher version is read for its first four fields when what
+    follows the flags starts with ``-`` (it is then propagated as version ``00``). Surrounding
+    spaces and tabs are ignored; a value holding a comma (the header sent more than once) is
+    invalid. Flags other than sampled and random-trace-id are dropped.
     """
     if not value:
         return None
-    match = _TRACEPARENT.match(value.strip())
+    match = _TRACEPARENT.fullmatch(value.strip(_OWS))
     if match is None:
         return None
     version, trace_id, parent_id, flags, rest = match.groups()
-    if version == "ff" or trace_id == "0" * 32 or parent_id == "0" * 16:
+    if version == "00":
+        if rest is not None:
+            return None
+    elif version == "ff":
         return None
-    if version == "00" and rest:
+    if trace_id == _ZERO_TRACE_ID or parent_id == _ZERO_PARENT_ID:
         return None
-    if rest and not rest.startswith("-"):
-        return None
-    return TraceParent(trace_id, parent_id, int(flags, 16))
+    return TraceParent(trace_id, parent_id, int(flags, 16) & KNOWN_FLAGS)
 
 
 def parse_tracestate(value: str | None) -> str:
-    """The ``tracestate`` to propagate: ``""`` when absent or invalid in any member."""
+    """The ``tracestate`` to propagate: ``""`` when absent, empty or invalid.
+
+    Empty and whitespace-only list members are skipped; an invalid key or value, a key that
+    appears twice or more than 32 members make the whole header invalid (it is dropped). A
+    valid header is passed on with the optional whitespace removed, truncated to
+    :data:`MAX_TRACESTATE_CHARS` as :func:`truncate_tracestate` does.
+    """
     if not value:
         return ""
-    members = [m.strip() for m in value.split(",")]
-    members = [m for m in members if m]
-    if len(members) > MAX_TRACESTATE_MEMBERS:
-        return ""
-    seen: set[str] = set()
-    for member in members:
+    members: list[str] = []
+    keys: set[str] = set()
+    for raw in value.split(","):
+        member = raw.strip(_OWS)
+        if not member:
+            continue
         key, sep, val = member.partition("=")
         if (
             not sep
-            or not _TRACESTATE_KEY.match(key)
-            or not _TRACESTATE_VALUE.match(val)
-            or key in seen
+            or key in keys
+            or _TRACESTATE_KEY.fullmatch(key) is None
+            or _TRACESTATE_VALUE.fullmatch(val) is None
         ):
             return ""
-        seen.add(key)
-    return ",".join(members)
+        keys.add(key)
+        members.append(member)
+        if len(members) > MAX_TRACESTATE_MEMBERS:
+            return ""
+    header = ",".join(members)
+    return header if len(header) <= MAX_TRACESTATE_CHARS else truncate_tracestate(members)
+
+
+def truncate_tracestate(members: list[str], limit: int = MAX_TRACESTATE_CHARS) -> str:
+    """``members`` joined with commas, whole entries removed until it fits in ``limit``.
+
+    As §3.3.1.5 says: entries longer than 128 characters go first (the last of them first),
+    then entries from the end; no more is removed than needed to fit.
+    """
+    kept = list(members)
+    size = sum(map(len, kept)) + len(kept) - 1
+    for index in range(len(kept) - 1, -1, -1):
+        if size <= limit:
+            break
+        if len(kept[index]) > _TRACESTATE_LARGE_ENTRY:
+            size -= len(kept.pop(index)) + 1
+    while size > limit and kept:
+        size -= len(kept.pop()) + 1
+    return ",".join(kept)
 
 
 def parse_baggage(value: str | None) -> str:
-    """The ``baggage`` to propagate: ``""`` when absent, too large or malformed."""
+    """The ``baggage`` to propagate: ``""`` when absent, too large or malformed.
+
+    Empty list elements (as joining repeated ``baggage`` fields can leave) are ignored, as
+    RFC 9110 §5.6.1 asks of list-based fields.
+    """
     if not value or len(value.encode("utf-8", "replace")) > MAX_BAGGAGE_BYTES:
         return ""
-    members = [m.strip() for m in value.split(",")]
+    members = [m for m in (m.strip() for m in value.split(",")) if m]
     if len(members) > MAX_BAGGAGE_MEMBERS:
         return ""
     for member in members:
@@ -143,6 +214,8 @@ class RequestContext:
     span_id: str
     """This hop's span: outbound calls name it as their parent."""
     flags: int = 0
+    """trace-flags this hop propagates: bit 0 (:data:`SAMPLED`) is the sampling decision, bit 1
+    (:data:`RANDOM_TRACE_ID`) Level 2's random-trace-id flag; mask them (``flags & SAMPLED``)."""
     tracestate: str = ""
     baggage: str = ""
     request_id: str = ""
@@ -152,14 +225,22 @@ class RequestContext:
     """Sticky-cohort headers (lower-case name → value) to pass on unchanged."""
     parent_id: str = ""
     """The caller's span (from its ``traceparent``), or ``""`` when this hop started the trace."""
+    peer: str | None = None
+    """The caller's SPIFFE ID, verified by mutual TLS (None for plaintext)."""
 
     @property
     def sampled(self) -> bool:
         """The trace is recorded (the ``sampled`` flag this hop propagates)."""
-        return bool(self.flags & 1)
+        return bool(self.flags & SAMPLED)
+
+    @property
+    def random(self) -> bool:
+        """The trace id's right-most 7 bytes are random (Level 2's ``random-trace-id`` flag)."""
+        return bool(self.flags & RANDOM_TRACE_ID)
 
     def traceparent(self) -> str:
-        return f"00-{self.trace_id}-{self.span_id}-{self.flags:02x}"
+        """The ``traceparent`` of outbound calls: version 00, this hop's span as the parent."""
+        return f"00-{self.trace_id}-{self.span_id}-{self.flags & KNOWN_FLAGS:02x}"
 
     def outbound_headers(self, now: float) -> list[tuple[bytes, bytes]]:
         """Headers an outbound call carries (the caller's own values win over these)."""
@@ -199,8 +280,11 @@ def from_headers(
 ) -> RequestContext:
     """Build the context of an inbound request from its (lower-case keyed) headers.
 
-    A request that continues a trace keeps the caller's flags (parent-based sampling); one
-    that starts a trace is sampled if ``sample(trace_id)`` says so.
+    A request that continues a trace keeps the caller's sampled and random-trace-id flags
+    (parent-based sampling) and its ``tracestate``. One that starts a trace (no valid
+    ``traceparent``) gets a random trace id with the random-trace-id flag set, is sampled if
+    ``sample(trace_id)`` says so, and drops any ``tracestate`` without reading it. Repeated
+    header fields must arrive joined with commas, in order (as WSGI servers do).
     """
     parent = parse_traceparent(get.get(TRACEPARENT))
     request_id = get.get(REQUEST_ID, "")
@@ -212,7 +296,7 @@ def from_headers(
         return RequestContext(
             trace_id=trace_id,
             span_id=new_id(8),
-            flags=1 if sample(trace_id) else 0,
+            flags=RANDOM_TRACE_ID | (SAMPLED if sample(trace_id) else 0),
             request_id=request_id,
             baggage=parse_baggage(get.get(BAGGAGE)),
             deadline=parse_deadline(get.get(DEADLINE), time.monotonic() if now is None else now),

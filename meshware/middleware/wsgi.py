@@ -13,10 +13,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextvars import Token
+from dataclasses import replace
 from typing import Any
 
 from meshware.mesh import Mesh
 from meshware.middleware.context import RequestContext, current_context, from_headers
+from meshware.security.peer import from_environ
 from meshware.telemetry.spans import server_span
 
 Environ = dict[str, Any]
@@ -51,6 +53,10 @@ class MeshWSGIMiddleware:
                 found[name] = environ[key]
         tracer = mesh.tracer
         context = from_headers(found, sticky_headers=sticky, sample=tracer.samples)
+        peer = from_environ(environ)
+        if peer is not None:
+            context = replace(context, peer=peer)
+        environ.pop("HTTP_X_FORWARDED_CLIENT_CERT", None)  # only TLS says who the caller is
         if "x-request-id" not in found:
             environ["HTTP_X_REQUEST_ID"] = context.request_id
         token = current_context.set(context)

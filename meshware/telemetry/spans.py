@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 
 from meshware.errors import NoHealthyUpstreamError, UpstreamOverflowError, UpstreamTimeoutError
-from meshware.middleware.context import RequestContext, new_id
+from meshware.middleware.context import KNOWN_FLAGS, RequestContext, new_id
 from meshware.routing.table import RouteDecision
 from meshware.telemetry.tracing import SpanKind, Tracer
 
@@ -87,7 +87,8 @@ class ClientCall:
         self._attempt_id = new_id(8)
         self._attempt_start = time.time_ns()
         ours = self.context.traceparent().encode()
-        mine = f"00-{self.context.trace_id}-{self._attempt_id}-01".encode()
+        flags = self.context.flags & KNOWN_FLAGS  # sampled, random-trace-id
+        mine = f"00-{self.context.trace_id}-{self._attempt_id}-{flags:02x}".encode()
         return [(name, mine if value == ours else value) for name, value in headers]
 
     def attempt_end(

@@ -1,4 +1,4 @@
-"""Connection pools to one endpoint, speaking httpcore directly.
+"""Connection pools to one endpoint, speaking httpcore directly (plaintext or mutual TLS).
 
 An httpx transport would rebuild and re-validate a URL for every attempt (``copy_with`` costs
 tens of microseconds); the mesh already knows the endpoint's address and the request target,
@@ -14,6 +14,8 @@ from typing import Any
 
 import httpcore
 import httpx
+
+from meshware.transport.secure import AsyncVerifyingBackend, TLSTarget, VerifyingBackend
 
 _ERRORS: dict[type[Exception], type[httpx.TransportError]] = {
     httpcore.ConnectTimeout: httpx.ConnectTimeout,
@@ -93,10 +95,16 @@ Headers = list[tuple[bytes, bytes]]
 class EndpointPool:
     """Keep-alive connections to one ``host:port`` (synchronous)."""
 
-    def __init__(self, host: str, port: int, limits: httpx.Limits) -> None:
+    def __init__(
+        self, host: str, port: int, limits: httpx.Limits, tls: TLSTarget | None = None
+    ) -> None:
         self._host = host.encode("ascii")
         self._port = port
-        self._pool = httpcore.ConnectionPool(**_pool_options(limits))
+        self._scheme = b"https" if tls is not None else b"http"
+        options = _pool_options(limits)
+        if tls is not None:
+            options.update(ssl_context=tls.context, network_backend=VerifyingBackend(tls.expected))
+        self._pool = httpcore.ConnectionPool(**options)
 
     def send(
         self,
@@ -107,7 +115,7 @@ class EndpointPool:
     ) -> httpx.Response:
         core = httpcore.Request(
             request.method.encode("ascii"),
-            httpcore.URL(scheme=b"http", host=self._host, port=self._port, target=target),
+            httpcore.URL(scheme=self._scheme, host=self._host, port=self._port, target=target),
             headers=headers,
             content=request.stream,
             extensions={"timeout": timeout},
@@ -128,10 +136,18 @@ class EndpointPool:
 class AsyncEndpointPool:
     """Keep-alive connections to one ``host:port`` (asyncio)."""
 
-    def __init__(self, host: str, port: int, limits: httpx.Limits) -> None:
+    def __init__(
+        self, host: str, port: int, limits: httpx.Limits, tls: TLSTarget | None = None
+    ) -> None:
         self._host = host.encode("ascii")
         self._port = port
-        self._pool = httpcore.AsyncConnectionPool(**_pool_options(limits))
+        self._scheme = b"https" if tls is not None else b"http"
+        options = _pool_options(limits)
+        if tls is not None:
+            options.update(
+                ssl_context=tls.context, network_backend=AsyncVerifyingBackend(tls.expected)
+            )
+        self._pool = httpcore.AsyncConnectionPool(**options)
 
     async def send(
         self,
@@ -142,7 +158,7 @@ class AsyncEndpointPool:
     ) -> httpx.Response:
         core = httpcore.Request(
             request.method.encode("ascii"),
-            httpcore.URL(scheme=b"http", host=self._host, port=self._port, target=target),
+            httpcore.URL(scheme=self._scheme, host=self._host, port=self._port, target=target),
             headers=headers,
             content=request.stream,
             extensions={"timeout": timeout},

@@ -44,6 +44,7 @@ from meshware.resilience.retry import Outcome, RetryBudget, RetryPolicy, can_rep
 from meshware.routing.balance import Balancer, hash_key_of, make_balancer
 from meshware.routing.request import RequestInfo
 from meshware.routing.table import RouteDecision, RouteTable
+from meshware.security.tls import WorkloadTLS
 from meshware.telemetry.tracing import Tracer
 
 OutboundPolicy = Literal["ALLOW_ANY", "REGISTRY_ONLY"]
@@ -71,6 +72,9 @@ class MeshView(Protocol):
 
     @property
     def tracer(self) -> Tracer | None: ...
+
+    @property
+    def tls(self) -> WorkloadTLS | None: ...
 
 
 class DestinationState:

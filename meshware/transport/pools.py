@@ -15,6 +15,7 @@ import httpx
 
 from meshware.config.discovery import Endpoint
 from meshware.transport.endpoint import AsyncEndpointPool, EndpointPool
+from meshware.transport.secure import TLSTarget
 
 T = TypeVar("T", EndpointPool, AsyncEndpointPool)
 
@@ -36,28 +37,33 @@ def limits_for(max_connections: int | None) -> httpx.Limits:
 class PoolSet(Generic[T]):
     """Endpoint address → transport; thread-safe creation, explicit pruning."""
 
-    def __init__(self, factory: Callable[[str, int, httpx.Limits], T]) -> None:
-        self._factory: Callable[[str, int, httpx.Limits], T] = factory
+    def __init__(self, factory: Callable[[str, int, httpx.Limits, TLSTarget | None], T]) -> None:
+        self._factory: Callable[[str, int, httpx.Limits, TLSTarget | None], T] = factory
         self._pools: dict[str, T] = {}
         self._lock = threading.Lock()
 
-    def get(self, endpoint: Endpoint, max_connections: int | None = None) -> T:
-        address = endpoint.address
-        pool = self._pools.get(address)
+    def get(
+        self, endpoint: Endpoint, max_connections: int | None = None, tls: TLSTarget | None = None
+    ) -> T:
+        # A mutual TLS pool is also keyed by the identity it checks: if another workload
+        # takes over the address, its connections are never reused for the old one.
+        key = endpoint.address if tls is None else f"{endpoint.address}|{tls.expected}"
+        pool = self._pools.get(key)
         if pool is not None:
             return pool
         with self._lock:
-            pool = self._pools.get(address)
+            pool = self._pools.get(key)
             if pool is None:
-                pool = self._factory(endpoint.host, endpoint.port, limits_for(max_connections))
-                self._pools[address] = pool
+                limits = limits_for(max_connections)
+                pool = self._factory(endpoint.host, endpoint.port, limits, tls)
+                self._pools[key] = pool
             return pool
 
     def prune(self, keep: set[str]) -> list[T]:
         """Forget pools of endpoints not in ``keep``; returns them for the caller to close."""
         with self._lock:
-            gone = [a for a in self._pools if a not in keep]
-            return [self._pools.pop(a) for a in gone]
+            gone = [k for k in self._pools if k.partition("|")[0] not in keep]
+            return [self._pools.pop(k) for k in gone]
 
     def drain(self) -> list[T]:
         with self._lock:

@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 
 from meshware.config.discovery import EndpointTable
+from meshware.config.model.common import canonical_host
 from meshware.config.model.networking import Destination
 from meshware.errors import MeshTransportError, UpstreamOverflowError, UpstreamTimeoutError
 from meshware.middleware.context import current_context
@@ -30,6 +31,7 @@ from meshware.transport.outbound import (
     timeout_message,
 )
 from meshware.transport.pools import PoolSet
+from meshware.transport.secure import tls_target
 from meshware.transport.shared import (
     MAX_MIRRORS_IN_FLIGHT,
     abort_response,
@@ -165,7 +167,14 @@ class MeshTransport(httpx.BaseTransport):
             timeout = outbound.attempt_timeout(plan, deadline)
             if timeout is not None and timeout <= 0:
                 raise UpstreamTimeoutError(timeout_message(plan), request=request)
-            pool = self._pools.get(endpoint, plan.state.limits.max_connections)
+            try:
+                tls = tls_target(
+                    outbound.mesh.tls, plan.state.policy, plan.decision.service_host, endpoint
+                )
+            except MeshTransportError as exc:
+                exc.request = request
+                raise
+            pool = self._pools.get(endpoint, plan.state.limits.max_connections, tls)
             balancer = plan.state.balancer
             balancer.start(endpoint.address)
             try:
@@ -238,7 +247,9 @@ class MeshTransport(httpx.BaseTransport):
             endpoint = next(e for e in endpoints if e.address == address)
             target = request_target(shadow.url, shadow.url.path)
             headers = upstream_headers(shadow, shadow.headers["host"])
-            response = self._pools.get(endpoint).send(
+            host = canonical_host(destination.host, self.outbound.mesh.namespace)
+            tls = tls_target(self.outbound.mesh.tls, state.policy, host, endpoint)
+            response = self._pools.get(endpoint, None, tls).send(
                 shadow, target, headers, attempt_timeouts(shadow, None)
             )
             response.read()

@@ -13,6 +13,7 @@ from meshware.config.parse import load_yaml, parse_documents
 from meshware.config.registry import InstanceRecord
 from meshware.resilience.retry import Outcome
 from meshware.routing.table import RouteTable
+from meshware.security.tls import WorkloadTLS
 from meshware.telemetry.tracing import Tracer
 from meshware.transport.outbound import Outbound, OutboundPolicy, Plan
 
@@ -44,6 +45,7 @@ class View:
     namespace: str = "default"
     outbound_traffic_policy: OutboundPolicy = "ALLOW_ANY"
     tracer: Tracer | None = None
+    tls: WorkloadTLS | None = None
 
 
 def _outbound() -> Outbound:
