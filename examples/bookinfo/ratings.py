@@ -9,7 +9,7 @@ from typing import Any
 
 from flask import Flask, jsonify, request
 
-from meshware import Mesh, MeshWSGIMiddleware, current_request
+from meshware import Mesh, MeshWSGIMiddleware, current_request, peer_identity
 
 mesh = Mesh.from_env()
 app = Flask("ratings")
@@ -27,5 +27,7 @@ def ratings(product_id: int) -> Any:
             "trace_id": context.trace_id if context else None,
             "traceparent": request.headers.get("traceparent"),
             "baggage": request.headers.get("baggage"),
+            # the caller's SPIFFE ID under mutual TLS (meshware serve --cert-dir), else None
+            "caller": peer_identity(),
         }
     )

@@ -40,7 +40,11 @@ async def reviews(product_id: int) -> dict[str, Any]:
         if response.status_code == 200:
             body = response.json()
             ratings = body["ratings"]
-            ratings_saw = {"traceparent": body["traceparent"], "baggage": body["baggage"]}
+            ratings_saw = {
+                "traceparent": body["traceparent"],
+                "baggage": body["baggage"],
+                "caller": body["caller"],
+            }
     context = current_request()
     return {
         "id": product_id,
