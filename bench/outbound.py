@@ -7,7 +7,13 @@ from an ``httpx.AsyncClient`` in this process, interleaved in rounds so drift hi
 * **mesh client**: ``http://reviews/`` through meshware with a 3-way weighted route
   (v1/v2/v3 all registered at the upstream's address), retries and outlier detection on;
 * **1 nginx hop**: raw httpx through one nginx reverse proxy (the sidecar model);
-* **2 nginx hops**: through two (Istio's client-side and server-side sidecars).
+* **2 nginx hops**: through two (Istio's client-side and server-side sidecars);
+* **mesh client → meshware serve** and **mesh client, mTLS → meshware serve**: the same app
+  under ``meshware serve`` (so with the inbound middleware), once plaintext and once with
+  ``--cert-dir`` (STRICT mutual TLS, certificates from a CA made for the run): pooled mutual
+  TLS with the SPIFFE identity checked once per connection. The report gives the ratio of
+  the two and the handshakes per 1,000 requests (which must equal the connections opened,
+  not the requests).
 
 Reports p50/p99 latency per request and client CPU per request (this process's CPU time,
 which is the caller's side; the upstream and nginx run elsewhere). nginx is installed with
@@ -20,6 +26,7 @@ import argparse
 import asyncio
 import json
 import os
+import socket
 import statistics
 import subprocess
 import sys
@@ -38,6 +45,8 @@ from meshware import Mesh  # noqa: E402
 from meshware.config.parse import load_yaml  # noqa: E402
 from meshware.config.store import ConfigStore  # noqa: E402
 from meshware.embedded_redis import RedisServer, free_port  # noqa: E402
+from meshware.security.ca import CertificateAuthority, write_credentials  # noqa: E402
+from meshware.transport.secure import STATS  # noqa: E402
 
 MESH_CONFIG = """
 apiVersion: networking.istio.io/v1
@@ -90,18 +99,51 @@ def start_upstream(port: int) -> subprocess.Popen[bytes]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    deadline = time.monotonic() + 15
+    _wait_listening(port)
+    return proc
+
+
+def _wait_listening(port: int) -> None:
+    deadline = time.monotonic() + 30
     while True:
-        try:
-            httpx.get(f"http://127.0.0.1:{port}/", timeout=1)
-            return proc
-        except httpx.HTTPError:
-            if time.monotonic() > deadline:
-                raise RuntimeError("upstream did not start") from None
-            time.sleep(0.05)
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"upstream on {port} did not start")
+        time.sleep(0.05)
+
+
+def start_served_upstream(
+    port: int, redis_url: str, service: str, cert_dir: Path | None
+) -> subprocess.Popen[bytes]:
+    """The same app under ``meshware serve`` as ``service``; with ``cert_dir``, STRICT mutual
+    TLS (it advertises mTLS, so the caller switches to it by itself)."""
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "meshware",
+            "--redis-url",
+            redis_url,
+            "serve",
+            "bench.hello_app:app",
+            "--service",
+            service,
+            "--port",
+            str(port),
+            *(["--cert-dir", str(cert_dir)] if cert_dir is not None else []),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    _wait_listening(port)
+    return proc
 
 
 Caller = Callable[[], Awaitable[httpx.Response]]
+MTLS = "mesh client, mTLS → meshware serve"
 
 
 async def measure(
@@ -144,8 +186,18 @@ async def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     hop_b = NginxHop(binary, free_port(), upstream_port)
     hop_a = NginxHop(binary, free_port(), hop_b.port)
     meshes: list[Mesh] = []
+    served: list[subprocess.Popen[bytes]] = []
     try:
         with RedisServer() as redis_server, tempfile.TemporaryDirectory() as state:
+            ca = CertificateAuthority.init(Path(state) / "ca")
+            write_credentials(Path(state) / "secure", ca.issue("secure"))
+            write_credentials(Path(state) / "productpage", ca.issue("productpage"))
+            served.append(
+                start_served_upstream(
+                    free_port(), redis_server.url, "secure", Path(state) / "secure"
+                )
+            )
+            served.append(start_served_upstream(free_port(), redis_server.url, "plain", None))
             store = ConfigStore.from_url(redis_server.url)
             store.apply(load_yaml(MESH_CONFIG, "bench"))
             store.close()
@@ -159,12 +211,22 @@ async def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
                         address=f"127.0.0.1:{upstream_port}",
                     ).start()
                 )
-            caller = Mesh("productpage", "v1", redis_url=redis_server.url, state_dir=state).start()
+            caller = Mesh(
+                "productpage",
+                "v1",
+                redis_url=redis_server.url,
+                state_dir=state,
+                cert_dir=Path(state) / "productpage",
+            ).start()
             meshes.append(caller)
             host = "reviews.default.svc.cluster.local"
             deadline = time.monotonic() + 15
-            while len(caller.endpoint_table.endpoints(host)) < 3 or not caller.route_table.covers(
-                host
+            secure_host = "secure.default.svc.cluster.local"
+            while (
+                len(caller.endpoint_table.endpoints(host)) < 3
+                or not caller.route_table.covers(host)
+                or not caller.endpoint_table.endpoints(secure_host)
+                or not caller.endpoint_table.endpoints("plain.default.svc.cluster.local")
             ):
                 if time.monotonic() > deadline:
                     raise RuntimeError("the caller did not discover the upstream")
@@ -178,11 +240,22 @@ async def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
                     "mesh client": lambda: mesh_client.get("http://reviews/"),
                     "1 nginx hop": lambda: raw.get(f"http://127.0.0.1:{hop_b.port}/"),
                     "2 nginx hops": lambda: raw.get(f"http://127.0.0.1:{hop_a.port}/"),
+                    "mesh client → meshware serve": lambda: mesh_client.get("http://plain/"),
+                    "mesh client, mTLS → meshware serve": lambda: mesh_client.get("http://secure/"),
                 }
-                return await measure(calls, args.requests, args.rounds)
+                results = await measure(calls, args.requests, args.rounds)
+                requests = results[MTLS]["requests"] + 200  # with the warm-up
+                results[MTLS]["handshakes"] = STATS.handshakes
+                results[MTLS]["connections"] = STATS.connections
+                results[MTLS]["handshakes_per_1000_requests"] = 1000 * STATS.handshakes / requests
+                return results
     finally:
         for mesh in meshes:
             mesh.stop()
+        for proc in served:
+            proc.terminate()
+        for proc in served:
+            proc.wait(timeout=20)
         hop_a.close()
         hop_b.close()
         upstream.terminate()
@@ -221,6 +294,13 @@ def main() -> None:
     print(
         f"\nmesh added p50 / one nginx hop added p50 = {mesh_added:.0f} / {hop:.0f} = {mesh_added / hop:.2f}"
         " (target: at most 0.5)"
+    )
+    secure, plain = results[MTLS], results["mesh client → meshware serve"]
+    print(
+        f"mTLS: pooled p50 {secure['p50_us']:.0f} µs vs plaintext {plain['p50_us']:.0f} µs "
+        f"(ratio {secure['p50_us'] / plain['p50_us']:.2f}); "
+        f"{secure['handshakes_per_1000_requests']:.2f} handshakes per 1,000 requests "
+        f"({secure['handshakes']:.0f} handshakes, {secure['connections']:.0f} connections)"
     )
 
 

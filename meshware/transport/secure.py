@@ -19,6 +19,7 @@ never written. Once per connection; pooled requests reuse the checked connection
 
 from __future__ import annotations
 
+import itertools
 import ssl
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -32,7 +33,27 @@ from meshware.errors import MeshTransportError
 from meshware.security.identity import SpiffeId
 from meshware.security.tls import WorkloadTLS, peer_identity
 
-__all__ = ["PeerIdentityError", "TLSTarget", "VerifyingBackend", "tls_target"]
+__all__ = ["STATS", "PeerIdentityError", "TLSTarget", "VerifyingBackend", "tls_target"]
+
+
+class TLSStats:
+    """Process-wide counts of mutual TLS connections opened and handshakes completed (a
+    handshake per connection, never per request: pooled requests reuse the connection)."""
+
+    def __init__(self) -> None:
+        self._connections = itertools.count()
+        self._handshakes = itertools.count()
+        self.connections = 0
+        self.handshakes = 0
+
+    def connected(self) -> None:
+        self.connections = next(self._connections) + 1
+
+    def handshaken(self) -> None:
+        self.handshakes = next(self._handshakes) + 1
+
+
+STATS = TLSStats()
 
 
 class PeerIdentityError(httpcore.ConnectError):
@@ -73,6 +94,7 @@ def tls_target(
 
 
 def _check(stream: Any, expected: str) -> None:
+    STATS.handshaken()
     got = peer_identity(stream.get_extra_info("ssl_object"))
     if got != expected:
         stream.close()
@@ -82,6 +104,7 @@ def _check(stream: Any, expected: str) -> None:
 
 
 async def _acheck(stream: Any, expected: str) -> None:
+    STATS.handshaken()
     got = peer_identity(stream.get_extra_info("ssl_object"))
     if got != expected:
         await stream.aclose()
@@ -162,6 +185,7 @@ class VerifyingBackend(httpcore.NetworkBackend):
         socket_options: Iterable[Any] | None = None,
     ) -> httpcore.NetworkStream:
         stream = self._inner.connect_tcp(host, port, timeout, local_address, socket_options)
+        STATS.connected()
         return _Stream(stream, self._expected)
 
     def sleep(self, seconds: float) -> None:
@@ -184,6 +208,7 @@ class AsyncVerifyingBackend(httpcore.AsyncNetworkBackend):
         socket_options: Iterable[Any] | None = None,
     ) -> httpcore.AsyncNetworkStream:
         stream = await self._inner.connect_tcp(host, port, timeout, local_address, socket_options)
+        STATS.connected()
         return _AsyncStream(stream, self._expected)
 
     async def sleep(self, seconds: float) -> None:
