@@ -236,7 +236,7 @@ class Mesh:
     def request_finished(self) -> None:
         with self._inflight_lock:
             self._inflight -= 1
-            if self._inflight <= 0:
+            if self._inflight <= 0 and self._draining:  # only drain() waits for idle
                 self._idle.notify_all()
 
     def drain(self, *, timeout: float = 15.0, settle: float = 0.25) -> bool:

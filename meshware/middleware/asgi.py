@@ -37,6 +37,7 @@ _WANTED = frozenset(
         FORGEABLE_HEADER,
     }
 )
+_WANTED_BYTES = frozenset(name.encode() for name in _WANTED)
 _FORGEABLE = FORGEABLE_HEADER.encode()
 _JOINED = frozenset({"traceparent", "tracestate", "baggage"})
 """Headers whose repeated fields are joined with commas, as WSGI servers do: ``tracestate`` and
@@ -51,6 +52,15 @@ class MeshMiddleware:
             raise TypeError(f"MeshMiddleware needs mesh=Mesh(...), got {type(mesh).__name__}")
         self.app = app
         self.mesh = mesh
+        self._sticky: frozenset[str] = frozenset()
+        self._wanted: frozenset[bytes] = _WANTED_BYTES
+
+    def _wanted_for(self, sticky: frozenset[str]) -> frozenset[bytes]:
+        """Header names to read, as bytes; rebuilt only when the sticky headers change."""
+        if sticky is not self._sticky:
+            self._wanted = _WANTED_BYTES | {name.encode("latin-1") for name in sticky}
+            self._sticky = sticky
+        return self._wanted
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -58,11 +68,12 @@ class MeshMiddleware:
             return
         mesh = self.mesh
         sticky = mesh.sticky_headers
-        wanted = _WANTED | sticky if sticky else _WANTED
+        wanted = self._wanted_for(sticky)
         found: dict[str, str] = {}
+        # ASGI servers lower-case header names: compare raw bytes, decode only what is read
         for raw_name, raw_value in scope["headers"]:
-            name = raw_name.decode("latin-1").lower()
-            if name in wanted:
+            if raw_name in wanted:
+                name = raw_name.decode("latin-1")
                 if name not in found:
                     found[name] = raw_value.decode("latin-1")
                 elif name in _JOINED:  # repeated fields, joined in order (RFC 9110 §5.3)
