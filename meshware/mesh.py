@@ -33,6 +33,7 @@ from meshware.config.model.networking import VirtualService
 from meshware.config.registry import InstanceRecord
 from meshware.config.watch import ConfigWatcher, Snapshot
 from meshware.routing.table import RouteTable
+from meshware.security.authz import Authorizer
 from meshware.security.tls import WorkloadTLS
 from meshware.settings import Settings, default_state_dir
 from meshware.telemetry.export import otlp_exporter
@@ -127,6 +128,8 @@ class Mesh:
         s = self.settings
         self.instance_id = instance_id or f"{s.service}-{s.version}-{secrets.token_hex(4)}"
         self.labels: Mapping[str, str] = s.effective_labels
+        self.authorizer = Authorizer(())
+        """The AuthorizationPolicies for this workload, recompiled on every config change."""
         self.tls: WorkloadTLS | None = WorkloadTLS(s.cert_dir) if s.cert_dir else None
         """This workload's credentials, for mutual TLS in and out (None without ``cert_dir``)."""
         self.tracer = Tracer(
@@ -275,6 +278,9 @@ class Mesh:
 
     def _compile(self, snapshot: Snapshot) -> None:
         self._routes = RouteTable.compile(snapshot.config)
+        self.authorizer = Authorizer.compile(
+            snapshot.config, namespace=self.namespace, labels=self.labels
+        )
         self.tracer.set_percentage(
             tracing_percentage(
                 snapshot.config, self.namespace, self.labels, self.settings.trace_sampling

@@ -28,6 +28,7 @@ DOCUMENTS = (
     ROOT / "docs" / "routing.md",
     ROOT / "docs" / "inbound.md",
     ROOT / "docs" / "tracing.md",
+    ROOT / "docs" / "security.md",
 )
 
 _FENCE = re.compile(r"^ {0,3}(?P<fence>`{3,}|~{3,})(?P<info>.*)$")

@@ -15,9 +15,12 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import replace
 from typing import Any
+from urllib.parse import unquote
 
 from meshware.mesh import Mesh
+from meshware.middleware.authorize import asgi_request, deny_asgi
 from meshware.middleware.context import RequestContext, current_context, from_headers
+from meshware.security.paths import normalize_path
 from meshware.security.peer import FORGEABLE_HEADER, from_scope
 from meshware.telemetry.spans import server_span
 
@@ -85,6 +88,17 @@ class MeshMiddleware:
             context = replace(context, peer=peer)
         if FORGEABLE_HEADER in found:  # only the TLS connection says who the caller is
             scope["headers"] = [h for h in scope["headers"] if h[0].lower() != _FORGEABLE]
+        authorizer = mesh.authorizer
+        if not authorizer.empty:
+            request = asgi_request(scope, peer, authorizer.header_names)
+            verdict = authorizer.check(request)
+            if not verdict.allowed:
+                await deny_asgi(send, verdict)
+                return
+            normalized = normalize_path(request.path)
+            if normalized is not None:  # the app routes what was authorized
+                scope["raw_path"] = normalized.encode("latin-1")
+                scope["path"] = unquote(normalized)
         if "x-request-id" not in found:
             # The app sees the id the mesh generated, as behind Envoy.
             scope["headers"] = [*scope["headers"], (b"x-request-id", context.request_id.encode())]

@@ -15,9 +15,12 @@ from collections.abc import Callable, Iterable, Iterator
 from contextvars import Token
 from dataclasses import replace
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 from meshware.mesh import Mesh
+from meshware.middleware.authorize import deny_wsgi, wsgi_request
 from meshware.middleware.context import RequestContext, current_context, from_headers
+from meshware.security.paths import normalize_path
 from meshware.security.peer import from_environ
 from meshware.telemetry.spans import server_span
 
@@ -57,6 +60,17 @@ class MeshWSGIMiddleware:
         if peer is not None:
             context = replace(context, peer=peer)
         environ.pop("HTTP_X_FORWARDED_CLIENT_CERT", None)  # only TLS says who the caller is
+        authorizer = mesh.authorizer
+        if not authorizer.empty:
+            request = wsgi_request(environ, peer, authorizer.header_names)
+            verdict = authorizer.check(request)
+            if not verdict.allowed:
+                return deny_wsgi(start_response, verdict)
+            normalized = normalize_path(request.path)
+            if normalized is not None:  # the app routes what was authorized
+                path = unquote_to_bytes(normalized).decode("latin-1")
+                script = environ.get("SCRIPT_NAME", "")
+                environ["PATH_INFO"] = path[len(script) :] if path.startswith(script) else path
         if "x-request-id" not in found:
             environ["HTTP_X_REQUEST_ID"] = context.request_id
         token = current_context.set(context)
