@@ -148,7 +148,7 @@ def demo(
     concurrency: int,
     otlp_endpoint: str | None,
 ) -> None:
-    """Run Bookinfo's six services and walk through canary, shift and A/B routing (about 40 s).
+    """Run Bookinfo's six services and walk through canary, shift and A/B routing (20-40 s).
 
     Starts an embedded Redis unless one is given, launches productpage, details, reviews
     v1/v2/v3 and ratings as their own 'meshware serve' processes, then applies Istio's
