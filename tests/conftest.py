@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +13,9 @@ from meshware import Mesh
 from meshware.cli.main import cli
 from meshware.config.parse import load_yaml
 from meshware.config.store import ConfigStore
+from meshware.demo.services import Service, ServiceGroup, assign_ports
 from meshware.embedded_redis import RedisServer
+from tests.helpers import ROOT
 
 
 @pytest.fixture
@@ -82,3 +84,34 @@ def apply_yaml(redis_url: str) -> Callable[[str], int]:
             store.close()
 
     return apply
+
+
+@pytest.fixture
+def serve(redis_url: str, tmp_path: Path) -> Iterator[Callable[..., list[Service]]]:
+    """Run services as ``meshware serve`` processes on free ports, with fast mesh timers;
+    returns them with their ports once all listen. Every one is stopped at teardown."""
+    groups: list[ServiceGroup] = []
+
+    def start(*services: Service, env: Mapping[str, str] | None = None) -> list[Service]:
+        placed = assign_ports(services, 0)
+        group = ServiceGroup(
+            placed,
+            redis_url=redis_url,
+            mesh="default",
+            root=ROOT,
+            log_dir=tmp_path / "logs",
+            env={
+                "MESHWARE_STATE_DIR": str(tmp_path / "state"),
+                "MESHWARE_HEARTBEAT_INTERVAL": "0.2",
+                "MESHWARE_INSTANCE_TTL": "2",
+                **(env or {}),
+            },
+        )
+        groups.append(group)
+        group.start()
+        group.wait_listening(60)
+        return placed
+
+    yield start
+    for group in groups:
+        group.stop()

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
-from dataclasses import replace
 from typing import Any
 from urllib.parse import unquote
 
@@ -82,10 +81,8 @@ class MeshMiddleware:
                 elif name in _JOINED:  # repeated fields, joined in order (RFC 9110 §5.3)
                     found[name] = f"{found[name]},{raw_value.decode('latin-1')}"
         tracer = mesh.tracer
-        context = from_headers(found, sticky_headers=sticky, sample=tracer.samples)
         peer = from_scope(scope)
-        if peer is not None:
-            context = replace(context, peer=peer)
+        context = from_headers(found, sticky_headers=sticky, sample=tracer.samples, peer=peer)
         if FORGEABLE_HEADER in found:  # only the TLS connection says who the caller is
             scope["headers"] = [h for h in scope["headers"] if h[0].lower() != _FORGEABLE]
         authorizer = mesh.authorizer

@@ -306,6 +306,7 @@ def from_headers(
     sticky_headers: frozenset[str] = frozenset(),
     now: float | None = None,
     sample: Callable[[str], bool] = _never,
+    peer: str | None = None,
 ) -> RequestContext:
     """Build the context of an inbound request from its (lower-case keyed) headers.
 
@@ -332,6 +333,7 @@ def from_headers(
             baggage=parse_baggage(get.get(BAGGAGE)),
             deadline=parse_deadline(get.get(DEADLINE), time.monotonic() if now is None else now),
             forwarded=forwarded,
+            peer=peer,
         )
     return RequestContext(
         trace_id=parent.trace_id,
@@ -343,4 +345,5 @@ def from_headers(
         deadline=parse_deadline(get.get(DEADLINE), time.monotonic() if now is None else now),
         forwarded=forwarded,
         parent_id=parent.parent_id,
+        peer=peer,
     )

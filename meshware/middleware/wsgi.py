@@ -13,7 +13,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextvars import Token
-from dataclasses import replace
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
@@ -55,10 +54,8 @@ class MeshWSGIMiddleware:
             if key in environ:
                 found[name] = environ[key]
         tracer = mesh.tracer
-        context = from_headers(found, sticky_headers=sticky, sample=tracer.samples)
         peer = from_environ(environ)
-        if peer is not None:
-            context = replace(context, peer=peer)
+        context = from_headers(found, sticky_headers=sticky, sample=tracer.samples, peer=peer)
         environ.pop("HTTP_X_FORWARDED_CLIENT_CERT", None)  # only TLS says who the caller is
         authorizer = mesh.authorizer
         if not authorizer.empty:

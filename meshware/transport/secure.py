@@ -23,6 +23,7 @@ import itertools
 import ssl
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import httpcore
@@ -87,30 +88,27 @@ def tls_target(
                 "has no workload certificate (MESHWARE_CERT_DIR)"
             )
         return None  # the endpoint offers mTLS; without credentials we can only try plaintext
+    return TLSTarget(tls.client_context(), expected_identity(tls.trust_domain, service_host))
+
+
+@lru_cache(maxsize=1024)
+def expected_identity(trust_domain: str, service_host: str) -> str:
+    """``reviews.default.svc.cluster.local`` → ``spiffe://<td>/ns/default/sa/reviews``
+    (memoised: it is asked on every attempt of a mutual TLS call)."""
     name, _, rest = service_host.partition(".")
     namespace = rest.partition(".")[0] or "default"
-    expected = SpiffeId(tls.trust_domain, namespace, name).uri
-    return TLSTarget(tls.client_context(), expected)
+    return SpiffeId(trust_domain, namespace, name).uri
 
 
-def _check(stream: Any, expected: str) -> None:
+def _mismatch(stream: Any, expected: str) -> PeerIdentityError | None:
+    """Count the handshake; the error to raise if the peer is not ``expected``."""
     STATS.handshaken()
     got = peer_identity(stream.get_extra_info("ssl_object"))
-    if got != expected:
-        stream.close()
-        raise PeerIdentityError(
-            f"peer identity mismatch: expected {expected}, the server presented {got or 'none'}"
-        )
-
-
-async def _acheck(stream: Any, expected: str) -> None:
-    STATS.handshaken()
-    got = peer_identity(stream.get_extra_info("ssl_object"))
-    if got != expected:
-        await stream.aclose()
-        raise PeerIdentityError(
-            f"peer identity mismatch: expected {expected}, the server presented {got or 'none'}"
-        )
+    if got == expected:
+        return None
+    return PeerIdentityError(
+        f"peer identity mismatch: expected {expected}, the server presented {got or 'none'}"
+    )
 
 
 class _Stream(httpcore.NetworkStream):
@@ -134,7 +132,10 @@ class _Stream(httpcore.NetworkStream):
         timeout: float | None = None,
     ) -> httpcore.NetworkStream:
         secured = self._inner.start_tls(ssl_context, server_hostname, timeout)
-        _check(secured, self._expected)
+        error = _mismatch(secured, self._expected)
+        if error is not None:
+            secured.close()  # before any request byte is written
+            raise error
         return secured
 
     def get_extra_info(self, info: str) -> Any:
@@ -162,7 +163,10 @@ class _AsyncStream(httpcore.AsyncNetworkStream):
         timeout: float | None = None,
     ) -> httpcore.AsyncNetworkStream:
         secured = await self._inner.start_tls(ssl_context, server_hostname, timeout)
-        await _acheck(secured, self._expected)
+        error = _mismatch(secured, self._expected)
+        if error is not None:
+            await secured.aclose()  # before any request byte is written
+            raise error
         return secured
 
     def get_extra_info(self, info: str) -> Any:

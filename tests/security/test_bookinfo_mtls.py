@@ -15,14 +15,17 @@ import httpx
 import pytest
 import redis
 
-from meshware.demo.services import BOOKINFO, Service, ServiceGroup, assign_ports
+from meshware.demo.services import BOOKINFO, Service
 from meshware.security.ca import CertificateAuthority, write_credentials
 from tests.helpers import BOOKINFO as MANIFESTS
-from tests.helpers import ROOT, wait_until
+from tests.helpers import wait_until
 
 
 def test_bookinfo_under_strict_mtls(
-    redis_url: str, tmp_path: Path, apply_yaml: Callable[[str], int]
+    redis_url: str,
+    tmp_path: Path,
+    apply_yaml: Callable[[str], int],
+    serve: Callable[..., list[Service]],
 ) -> None:
     ca = CertificateAuthority.init(tmp_path / "ca")
     services = []
@@ -38,53 +41,39 @@ def test_bookinfo_under_strict_mtls(
     client.load_cert_chain(
         tmp_path / "certs" / "ingress" / "cert.pem", tmp_path / "certs" / "ingress" / "key.pem"
     )
-    placed = assign_ports(services, 0)
-    group = ServiceGroup(
-        placed,
-        redis_url=redis_url,
-        mesh="default",
-        root=ROOT,
-        log_dir=tmp_path / "logs",
-        env={
-            "MESHWARE_STATE_DIR": str(tmp_path / "state"),
-            "MESHWARE_HEARTBEAT_INTERVAL": "0.2",
-            "MESHWARE_INSTANCE_TTL": "2",
-        },
+    placed = serve(*services)
+    apply_yaml(
+        (MANIFESTS / "destination-rule-all.yaml").read_text()
+        + "\n---\n"
+        + (MANIFESTS / "virtual-service-reviews-jason-v2-v3.yaml").read_text()
     )
-    with group:
-        group.wait_listening(60)
-        apply_yaml(
-            (MANIFESTS / "destination-rule-all.yaml").read_text()
-            + "\n---\n"
-            + (MANIFESTS / "virtual-service-reviews-jason-v2-v3.yaml").read_text()
-        )
-        productpage = next(s for s in placed if s.service == "productpage")
-        url = f"https://127.0.0.1:{productpage.port}/productpage"
+    productpage = next(s for s in placed if s.service == "productpage")
+    url = f"https://127.0.0.1:{productpage.port}/productpage"
 
-        def page() -> dict[str, object]:
-            try:
-                with httpx.Client(verify=client, timeout=10) as http:
-                    response = http.get(url, headers={"end-user": "jason"})
-                return response.json() if response.status_code == 200 else {}  # type: ignore[no-any-return]
-            except (httpx.HTTPError, ValueError):
-                return {}
+    def page() -> dict[str, object]:
+        try:
+            with httpx.Client(verify=client, timeout=10) as http:
+                response = http.get(url, headers={"end-user": "jason"})
+            return response.json() if response.status_code == 200 else {}  # type: ignore[no-any-return]
+        except (httpx.HTTPError, ValueError):
+            return {}
 
-        def served() -> object:
-            reviews = page().get("reviews")
-            return reviews.get("served_by") if isinstance(reviews, dict) else None
+    def served() -> object:
+        reviews = page().get("reviews")
+        return reviews.get("served_by") if isinstance(reviews, dict) else None
 
-        assert wait_until(lambda: served() == "reviews-v2", timeout=30)
-        body = page()
-        reviews, details = body["reviews"], body["details"]
-        assert isinstance(reviews, dict) and isinstance(details, dict)
-        assert details["served_by"] == "details-v1"  # productpage → details over mTLS
-        assert reviews["ratings_saw"]["caller"] == "spiffe://cluster.local/ns/default/sa/reviews"
-        assert {r["rating"]["color"] for r in reviews["reviews"]} == {"black"}
+    assert wait_until(lambda: served() == "reviews-v2", timeout=30)
+    body = page()
+    reviews, details = body["reviews"], body["details"]
+    assert isinstance(reviews, dict) and isinstance(details, dict)
+    assert details["served_by"] == "details-v1"  # productpage → details over mTLS
+    assert reviews["ratings_saw"]["caller"] == "spiffe://cluster.local/ns/default/sa/reviews"
+    assert {r["rating"]["color"] for r in reviews["reviews"]} == {"black"}
 
-        # every service accepts nothing but mutual TLS
-        for service in placed:
-            with pytest.raises(httpx.TransportError):
-                httpx.get(f"http://127.0.0.1:{service.port}/", timeout=5)
+    # every service accepts nothing but mutual TLS
+    for service in placed:
+        with pytest.raises(httpx.TransportError):
+            httpx.get(f"http://127.0.0.1:{service.port}/", timeout=5)
 
     # no private key ever reached the control plane
     client_redis = redis.Redis.from_url(redis_url)

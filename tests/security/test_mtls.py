@@ -6,16 +6,16 @@ from __future__ import annotations
 
 import datetime as dt
 import ssl
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
 
 from meshware import Mesh
-from meshware.demo.services import Service, ServiceGroup, assign_ports
+from meshware.demo.services import Service
 from meshware.security.ca import CertificateAuthority, write_credentials
-from tests.helpers import ROOT, wait_until
+from tests.helpers import wait_until
 from tests.transport.conftest import wait_for_endpoints
 
 REVIEWS = "spiffe://cluster.local/ns/default/sa/reviews"
@@ -42,34 +42,6 @@ def pki(tmp_path: Path) -> Pki:
 
 def tls_service(service: str, cert_dir: Path, app: str = "tests.tls_app:app") -> Service:
     return Service(service, "v1", app=app, args=("--cert-dir", str(cert_dir)))
-
-
-@pytest.fixture
-def serve(redis_url: str, tmp_path: Path) -> Iterator[Callable[..., list[Service]]]:
-    groups: list[ServiceGroup] = []
-
-    def start(*services: Service) -> list[Service]:
-        placed = assign_ports(services, 0)
-        group = ServiceGroup(
-            placed,
-            redis_url=redis_url,
-            mesh="default",
-            root=ROOT,
-            log_dir=tmp_path / "logs",
-            env={
-                "MESHWARE_STATE_DIR": str(tmp_path / "state"),
-                "MESHWARE_HEARTBEAT_INTERVAL": "0.2",
-                "MESHWARE_INSTANCE_TTL": "2",
-            },
-        )
-        groups.append(group)
-        group.start()
-        group.wait_listening(60)
-        return placed
-
-    yield start
-    for group in groups:
-        group.stop()
 
 
 def client_context(credentials_dir: Path | None, bundle: Path) -> ssl.SSLContext:

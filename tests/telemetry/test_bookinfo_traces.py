@@ -11,17 +11,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 
 from meshware.config.registry import list_instances
 from meshware.config.store import ConfigStore
-from meshware.demo.services import BOOKINFO, Service, ServiceGroup, assign_ports
+from meshware.demo.services import BOOKINFO, Service
 from meshware.middleware.context import new_id
 from tests.helpers import BOOKINFO as MANIFESTS
-from tests.helpers import ROOT, wait_until
+from tests.helpers import wait_until
 from tests.otlp_receiver import ReceivedSpan, Receiver, otlp_receiver
 
 BROKEN_RATINGS = Service("ratings", "v1", app="tests.broken_app:app")
@@ -48,30 +47,24 @@ spec:
 
 
 @pytest.fixture
-def bookinfo(redis_url: str, tmp_path: Path) -> Iterator[tuple[list[Service], Receiver]]:
+def bookinfo(serve: Callable[..., list[Service]]) -> Iterator[tuple[list[Service], Receiver]]:
     with otlp_receiver() as receiver:
-        services = assign_ports([*BOOKINFO, BROKEN_RATINGS], 0)
-        group = ServiceGroup(
-            services,
-            redis_url=redis_url,
-            mesh="default",
-            root=ROOT,
-            log_dir=tmp_path / "logs",
-            env={
-                "MESHWARE_STATE_DIR": str(tmp_path / "state"),
-                "MESHWARE_HEARTBEAT_INTERVAL": "0.2",
-                "MESHWARE_INSTANCE_TTL": "2",
-                "MESHWARE_OTLP_ENDPOINT": receiver.url,
-            },
-        )
-        with group:
-            group.wait_listening(60)
-            yield services, receiver
+        services = serve(*BOOKINFO, BROKEN_RATINGS, env={"MESHWARE_OTLP_ENDPOINT": receiver.url})
+        yield services, receiver
 
 
 def _url(services: list[Service], service: str, path: str) -> str:
     port = next(s.port for s in services if s.service == service and not s.app)
     return f"http://127.0.0.1:{port}{path}"
+
+
+def _complete(spans: list[ReceivedSpan]) -> bool:
+    services = {s.service for s in spans if s.kind == "SERVER"}
+    parents = {s.parent_id for s in spans}
+    attempts = [s for s in spans if s.name.startswith("attempt ")]
+    return services >= {"productpage", "details", "reviews", "ratings"} and all(
+        a.span_id in parents for a in attempts
+    )
 
 
 def _by_id(spans: list[ReceivedSpan]) -> dict[str, ReceivedSpan]:
@@ -130,15 +123,12 @@ def test_one_request_is_one_trace_across_four_services_with_retry_attempts(
         )
         assert response.status_code == 200
         assert response.json()["reviews"]["served_by"] == "reviews-v2"
-        # every service's spans for this trace have arrived (batched every 0.5 s)
-        assert wait_until(
-            lambda tid=trace_id: (
-                {s.service for s in receiver.trace(tid) if s.kind == "SERVER"}
-                >= {"productpage", "details", "reviews", "ratings"}
-            ),
-            timeout=10,
-        ), receiver.trace(trace_id)
-        time.sleep(0.7)  # a last batch in flight
+        # the whole trace has arrived (batched every 0.5 s): every service's SERVER span,
+        # and under every attempt the callee's SERVER span (each process exports in order,
+        # so a process's earlier spans came with or before these)
+        assert wait_until(lambda tid=trace_id: _complete(receiver.trace(tid)), timeout=10), (
+            receiver.trace(trace_id)
+        )
         retried = [
             s
             for s in receiver.trace(trace_id)
@@ -226,12 +216,14 @@ def test_a_sampling_change_applies_to_every_instance_within_a_second(
     targets = [(s, f"http://127.0.0.1:{s.port}{paths[s.service]}") for s in services if not s.app]
     assert wait_until(lambda: _instances(redis_url, "reviews") == 3, timeout=20)
 
-    def traced_request_ids() -> dict[str, str]:
-        """One request without trace context to every instance: request id → service."""
+    def traced_request_ids(**headers: str) -> dict[str, str]:
+        """One request to every instance (no trace context unless ``headers`` give one):
+        request id → service."""
         sent = {}
         for service, url in targets:
             request_id = new_id(16)
-            assert httpx.get(url, headers={"x-request-id": request_id}, timeout=10).is_success
+            response = httpx.get(url, headers={"x-request-id": request_id, **headers}, timeout=10)
+            assert response.is_success
             sent[request_id] = service.service
         return sent
 
@@ -254,5 +246,9 @@ def test_a_sampling_change_applies_to_every_instance_within_a_second(
         if recorded_all:  # each instance started a sampled trace of its own
             assert wait_until(lambda s=sent: set(s.items()) <= recorded(s), timeout=10)
         else:
-            time.sleep(1.5)  # three export intervals: nothing may arrive
+            # Markers: a request the caller sampled, to every instance, after the others.
+            # Each instance exports its spans in order, so once its marker has arrived any
+            # span of the earlier requests would have arrived too.
+            markers = traced_request_ids(traceparent=f"00-{new_id(16)}-{new_id(8)}-01")
+            assert wait_until(lambda m=markers: set(m.items()) <= recorded(m), timeout=10)
             assert recorded(sent) == set()
