@@ -452,10 +452,19 @@ class Mesh:
                 "mesh %s runs without a control plane (no redis_url, no config_file)",
                 self.instance_id,
             )
+        self._tasks.append(asyncio.create_task(self._watch_credentials(), name="meshware-certs"))
         self._started.set()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
+
+    async def _watch_credentials(self, interval: float = 1.0) -> None:
+        """Pick up renewed workload credentials (whoever wrote them) within ``interval`` s."""
+        while True:
+            await asyncio.sleep(interval)
+            tls = self.tls
+            if tls is not None:
+                tls.reload_if_changed()
 
     def __enter__(self) -> Mesh:
         return self.start()

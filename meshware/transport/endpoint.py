@@ -103,7 +103,7 @@ class EndpointPool:
         self._scheme = b"https" if tls is not None else b"http"
         options = _pool_options(limits)
         if tls is not None:
-            options.update(ssl_context=tls.context, network_backend=VerifyingBackend(tls.expected))
+            options.update(ssl_context=tls.context, network_backend=VerifyingBackend(tls))
         self._pool = httpcore.ConnectionPool(**options)
 
     def send(
@@ -144,9 +144,7 @@ class AsyncEndpointPool:
         self._scheme = b"https" if tls is not None else b"http"
         options = _pool_options(limits)
         if tls is not None:
-            options.update(
-                ssl_context=tls.context, network_backend=AsyncVerifyingBackend(tls.expected)
-            )
+            options.update(ssl_context=tls.context, network_backend=AsyncVerifyingBackend(tls))
         self._pool = httpcore.AsyncConnectionPool(**options)
 
     async def send(

@@ -14,7 +14,9 @@ advertises: an instance that registers under someone else's address gains nothin
 verified by OpenSSL against the trust bundle) the peer certificate's SPIFFE ID is compared
 with the expected one. On a mismatch the connection is closed and :class:`PeerIdentityError`
 (an ``httpcore.ConnectError``, so callers see ``httpx.ConnectError``) raised: the request is
-never written. Once per connection; pooled requests reuse the checked connection.
+never written. Once per connection; pooled requests reuse the checked connection. The
+handshake uses the client context current *at that moment* (not the one the pool was built
+with), so rotated certificates and trust bundles apply to every new connection.
 """
 
 from __future__ import annotations
@@ -63,10 +65,15 @@ class PeerIdentityError(httpcore.ConnectError):
 
 @dataclass(frozen=True, slots=True)
 class TLSTarget:
-    """How to reach one endpoint over mutual TLS: our client context and whom to expect."""
+    """How to reach one endpoint over mutual TLS: our credentials and whom to expect."""
 
-    context: ssl.SSLContext
+    source: WorkloadTLS
     expected: str
+
+    @property
+    def context(self) -> ssl.SSLContext:
+        """The client context for a connection made now (rotated credentials included)."""
+        return self.source.client_context()
 
 
 def tls_target(
@@ -88,7 +95,7 @@ def tls_target(
                 "has no workload certificate (MESHWARE_CERT_DIR)"
             )
         return None  # the endpoint offers mTLS; without credentials we can only try plaintext
-    return TLSTarget(tls.client_context(), expected_identity(tls.trust_domain, service_host))
+    return TLSTarget(tls, expected_identity(tls.trust_domain, service_host))
 
 
 @lru_cache(maxsize=1024)
@@ -112,9 +119,9 @@ def _mismatch(stream: Any, expected: str) -> PeerIdentityError | None:
 
 
 class _Stream(httpcore.NetworkStream):
-    def __init__(self, inner: httpcore.NetworkStream, expected: str) -> None:
+    def __init__(self, inner: httpcore.NetworkStream, target: TLSTarget) -> None:
         self._inner = inner
-        self._expected = expected
+        self._target = target
 
     def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
         return self._inner.read(max_bytes, timeout)
@@ -131,8 +138,9 @@ class _Stream(httpcore.NetworkStream):
         server_hostname: str | None = None,
         timeout: float | None = None,
     ) -> httpcore.NetworkStream:
-        secured = self._inner.start_tls(ssl_context, server_hostname, timeout)
-        error = _mismatch(secured, self._expected)
+        del ssl_context  # the pool's: the credentials current now are used instead
+        secured = self._inner.start_tls(self._target.context, server_hostname, timeout)
+        error = _mismatch(secured, self._target.expected)
         if error is not None:
             secured.close()  # before any request byte is written
             raise error
@@ -143,9 +151,9 @@ class _Stream(httpcore.NetworkStream):
 
 
 class _AsyncStream(httpcore.AsyncNetworkStream):
-    def __init__(self, inner: httpcore.AsyncNetworkStream, expected: str) -> None:
+    def __init__(self, inner: httpcore.AsyncNetworkStream, target: TLSTarget) -> None:
         self._inner = inner
-        self._expected = expected
+        self._target = target
 
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
         return await self._inner.read(max_bytes, timeout)
@@ -162,8 +170,9 @@ class _AsyncStream(httpcore.AsyncNetworkStream):
         server_hostname: str | None = None,
         timeout: float | None = None,
     ) -> httpcore.AsyncNetworkStream:
-        secured = await self._inner.start_tls(ssl_context, server_hostname, timeout)
-        error = _mismatch(secured, self._expected)
+        del ssl_context  # the pool's: the credentials current now are used instead
+        secured = await self._inner.start_tls(self._target.context, server_hostname, timeout)
+        error = _mismatch(secured, self._target.expected)
         if error is not None:
             await secured.aclose()  # before any request byte is written
             raise error
@@ -176,9 +185,9 @@ class _AsyncStream(httpcore.AsyncNetworkStream):
 class VerifyingBackend(httpcore.NetworkBackend):
     """httpcore's sync backend, checking the peer's SPIFFE ID after each TLS handshake."""
 
-    def __init__(self, expected: str) -> None:
+    def __init__(self, target: TLSTarget) -> None:
         self._inner = httpcore.SyncBackend()
-        self._expected = expected
+        self._target = target
 
     def connect_tcp(
         self,
@@ -190,7 +199,7 @@ class VerifyingBackend(httpcore.NetworkBackend):
     ) -> httpcore.NetworkStream:
         stream = self._inner.connect_tcp(host, port, timeout, local_address, socket_options)
         STATS.connected()
-        return _Stream(stream, self._expected)
+        return _Stream(stream, self._target)
 
     def sleep(self, seconds: float) -> None:
         self._inner.sleep(seconds)
@@ -199,9 +208,9 @@ class VerifyingBackend(httpcore.NetworkBackend):
 class AsyncVerifyingBackend(httpcore.AsyncNetworkBackend):
     """httpcore's asyncio backend, checking the peer's SPIFFE ID after each TLS handshake."""
 
-    def __init__(self, expected: str) -> None:
+    def __init__(self, target: TLSTarget) -> None:
         self._inner = httpcore.AnyIOBackend()
-        self._expected = expected
+        self._target = target
 
     async def connect_tcp(
         self,
@@ -213,7 +222,7 @@ class AsyncVerifyingBackend(httpcore.AsyncNetworkBackend):
     ) -> httpcore.AsyncNetworkStream:
         stream = await self._inner.connect_tcp(host, port, timeout, local_address, socket_options)
         STATS.connected()
-        return _AsyncStream(stream, self._expected)
+        return _AsyncStream(stream, self._target)
 
     async def sleep(self, seconds: float) -> None:
         await self._inner.sleep(seconds)
