@@ -27,6 +27,7 @@ from meshware.config.parse.kinds import KindSpec
 from meshware.config.parse.reader import Node
 from meshware.config.parse.security import parse_selector
 from meshware.config.parse.values import duration
+from meshware.telemetry.cel import CelError, compile_filter
 
 TELEMETRY_VERSIONS = ("v1", "v1alpha1")
 
@@ -126,6 +127,11 @@ def _access_logging(node: Node) -> AccessLogging:
     filter_node = node.node("filter")
     if filter_node is not None:
         expression = filter_node.string("expression", required=True, nonempty=True)
+        if expression:
+            try:
+                compile_filter(expression)
+            except CelError as exc:
+                filter_node.error("expression", f"not a supported CEL expression: {exc}")
         filter_node.done()
     node.done()
     return AccessLogging(
