@@ -186,6 +186,14 @@ VARIANTS = (
     Variant("b", "b: MeshMiddleware, 1 % sampled", "mesh", service=SERVICE),
     Variant("c", "c: OTel ASGI, 1 % sampled", "otel"),
     Variant(
+        "b-none",
+        "b: MeshMiddleware, none sampled (0 %)",
+        "mesh_none",
+        sampled=0.0,
+        service=f"{SERVICE}-none",
+        group="extra",
+    ),
+    Variant(
         "b-all",
         "b: MeshMiddleware, every request sampled",
         "mesh_all",

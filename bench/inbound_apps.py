@@ -115,6 +115,12 @@ def mesh_all() -> Starlette:
     return build([Middleware(MeshMiddleware, mesh=instance)], lifespan)
 
 
+def mesh_none() -> Starlette:
+    """(b) again, as service ``hello-none`` (the bench sends it no sampled request: 0 %)."""
+    instance, lifespan = _started_mesh(service="hello-none")
+    return build([Middleware(MeshMiddleware, mesh=instance)], lifespan)
+
+
 def mesh_runtime() -> Starlette:
     """Control: a started mesh (registration, heartbeats, config and endpoint watchers in its
     background thread) but no middleware: what the runtime alone costs the server."""

@@ -15,6 +15,14 @@ from an ``httpx.AsyncClient`` in this process, interleaved in rounds so drift hi
   the two and the handshakes per 1,000 requests (which must equal the connections opened,
   not the requests).
 
+**Tracing and metrics.** The caller exports its spans over OTLP/HTTP to a sink in this
+process (so encoding and export run for real). Every mesh-client row records Istio's golden
+metrics. Calls are made inside a request context, as a service handling a request makes them:
+**mesh client, 0 % / 1 % / 100 % traced** (the context's sampled flag set on none, one in a
+hundred, every call: a CLIENT span plus a child per attempt when set), next to **raw httpx +
+OTel httpx instrumentation** (``opentelemetry-instrumentation-httpx``) with 1 % and 100 %
+ratio sampling exporting to the same sink: the stock way to get outbound spans.
+
 Reports p50/p99 latency per request and client CPU per request (this process's CPU time,
 which is the caller's side; the upstream and nginx run elsewhere). nginx is installed with
 apt-get if missing. Run: ``python bench/outbound.py [--requests 3000] [--rounds 6]``.
@@ -40,11 +48,20 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter  # noqa: E402
+from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor  # noqa: E402
+from opentelemetry.sdk.resources import Resource  # noqa: E402
+from opentelemetry.sdk.trace import TracerProvider  # noqa: E402
+from opentelemetry.sdk.trace.export import BatchSpanProcessor  # noqa: E402
+from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased  # noqa: E402
+
+from bench.inbound import OtlpSink  # noqa: E402
 from bench.nginx import NginxHop, nginx_binary  # noqa: E402
 from meshware import Mesh  # noqa: E402
 from meshware.config.parse import load_yaml  # noqa: E402
 from meshware.config.store import ConfigStore  # noqa: E402
 from meshware.embedded_redis import RedisServer, free_port  # noqa: E402
+from meshware.middleware.context import current_context, from_headers  # noqa: E402
 from meshware.security.ca import CertificateAuthority, write_credentials  # noqa: E402
 from meshware.transport.secure import STATS  # noqa: E402
 
@@ -143,6 +160,49 @@ def start_served_upstream(
 
 
 Caller = Callable[[], Awaitable[httpx.Response]]
+TRACED_SHARES = (0, 1, 100)
+OTEL_SHARES = (1, 100)
+
+
+def traced_calls(client: httpx.AsyncClient, url: str) -> dict[str, Caller]:
+    """The mesh client called inside a request context whose sampled flag is set on
+    ``share`` % of the calls (as a service calls while handling requests)."""
+    sampled = from_headers({"traceparent": f"00-{'ab' * 16}-{'cd' * 8}-01"})
+    unsampled = from_headers({"traceparent": f"00-{'ef' * 16}-{'12' * 8}-00"})
+
+    def call_for(share: int) -> Caller:
+        counter = iter(range(10**9))
+
+        async def call() -> httpx.Response:
+            context = sampled if next(counter) % 100 < share else unsampled
+            token = current_context.set(context)
+            try:
+                return await client.get(url)
+            finally:
+                current_context.reset(token)
+
+        return call
+
+    return {f"mesh client, {share} % traced": call_for(share) for share in TRACED_SHARES}
+
+
+def otel_provider(share: int, sink_url: str) -> TracerProvider:
+    """The stock OTel SDK set-up: ratio sampling, batch export over OTLP/HTTP."""
+    provider = TracerProvider(
+        resource=Resource.create({"service.name": f"otel-httpx-{share}"}),
+        sampler=ParentBased(TraceIdRatioBased(share / 100)),
+    )
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(f"{sink_url}/v1/traces")))
+    return provider
+
+
+def otel_calls(clients: dict[int, httpx.AsyncClient], url: str) -> dict[str, Caller]:
+    return {
+        f"raw httpx + OTel httpx, {share} % sampled": (lambda c=client: c.get(url))
+        for share, client in clients.items()
+    }
+
+
 MTLS = "mesh client, mTLS → meshware serve"
 
 
@@ -187,6 +247,7 @@ async def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     hop_a = NginxHop(binary, free_port(), hop_b.port)
     meshes: list[Mesh] = []
     served: list[subprocess.Popen[bytes]] = []
+    sink = OtlpSink()
     try:
         with RedisServer() as redis_server, tempfile.TemporaryDirectory() as state:
             ca = CertificateAuthority.init(Path(state) / "ca")
@@ -217,6 +278,7 @@ async def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
                 redis_url=redis_server.url,
                 state_dir=state,
                 cert_dir=Path(state) / "productpage",
+                otlp_endpoint=sink.url,
             ).start()
             meshes.append(caller)
             host = "reviews.default.svc.cluster.local"
@@ -231,6 +293,11 @@ async def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
                 if time.monotonic() > deadline:
                     raise RuntimeError("the caller did not discover the upstream")
                 await asyncio.sleep(0.05)
+            otel_clients = {share: httpx.AsyncClient() for share in OTEL_SHARES}
+            for share, client in otel_clients.items():
+                HTTPXClientInstrumentor.instrument_client(
+                    client, tracer_provider=otel_provider(share, sink.url)
+                )
             async with (
                 httpx.AsyncClient() as raw,
                 caller.async_client() as mesh_client,
@@ -238,6 +305,8 @@ async def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
                 calls: dict[str, Caller] = {
                     "raw httpx": lambda: raw.get(f"http://127.0.0.1:{upstream_port}/"),
                     "mesh client": lambda: mesh_client.get("http://reviews/"),
+                    **traced_calls(mesh_client, "http://reviews/"),
+                    **otel_calls(otel_clients, f"http://127.0.0.1:{upstream_port}/"),
                     "1 nginx hop": lambda: raw.get(f"http://127.0.0.1:{hop_b.port}/"),
                     "2 nginx hops": lambda: raw.get(f"http://127.0.0.1:{hop_a.port}/"),
                     "mesh client → meshware serve": lambda: mesh_client.get("http://plain/"),
@@ -258,6 +327,7 @@ async def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
             proc.wait(timeout=20)
         hop_a.close()
         hop_b.close()
+        sink.close()
         upstream.terminate()
         upstream.wait(timeout=10)
 
@@ -295,6 +365,11 @@ def main() -> None:
         f"\nmesh added p50 / one nginx hop added p50 = {mesh_added:.0f} / {hop:.0f} = {mesh_added / hop:.2f}"
         " (target: at most 0.5)"
     )
+    print("\ntracing and metrics, added client CPU per request (p50) vs raw httpx:")
+    for name in [f"mesh client, {share} % traced" for share in TRACED_SHARES] + [
+        f"raw httpx + OTel httpx, {share} % sampled" for share in OTEL_SHARES
+    ]:
+        print(f"  {name}: {results[name]['cpu_p50_us'] - raw['cpu_p50_us']:+.0f} µs")
     secure, plain = results[MTLS], results["mesh client → meshware serve"]
     print(
         f"mTLS: pooled p50 {secure['p50_us']:.0f} µs vs plaintext {plain['p50_us']:.0f} µs "

@@ -1,4 +1,5 @@
-"""The admin app: liveness, readiness and a dump of the applied config (Envoy's admin, in short).
+"""The admin app: liveness, readiness, a dump of the applied config and the workload
+certificate (Envoy's admin, in short).
 
 Serve it on its own port (``MESHWARE_ADMIN_PORT`` with ``meshware serve``) or mount it where
 you choose; it is never added to the application's routes by the middleware.
@@ -6,7 +7,9 @@ you choose; it is never added to the application's routes by the middleware.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import asyncio
+import datetime as dt
+from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -17,7 +20,65 @@ if TYPE_CHECKING:
     from meshware.mesh import Mesh
 
 
+def _iso(epoch: float) -> str:
+    return dt.datetime.fromtimestamp(epoch, dt.UTC).isoformat()
+
+
+def certificate_state(mesh: Mesh) -> dict[str, Any] | None:
+    """The workload certificate this process serves with, and how its renewal goes (None
+    without credentials). ``renewals`` counts the renewals of the CA-service renewer of this
+    process; ``generation`` counts the credential loads of this process (1 + reloads)."""
+    from meshware.security.bundle_hint import bundle_digest
+    from meshware.security.ca import fingerprint, load_pem_certificates
+    from meshware.security.enroll import serving_renewer
+    from meshware.security.tls import BUNDLE_FILE, CERT_FILE
+
+    tls = mesh.tls
+    if tls is None:
+        return None
+    try:
+        bundle = (tls.directory / BUNDLE_FILE).read_bytes()
+        roots = [fingerprint(root) for root in load_pem_certificates(bundle)]
+        digest = bundle_digest(bundle)
+        issuer = load_pem_certificates((tls.directory / CERT_FILE).read_bytes())[0].issuer
+    except Exception:  # being replaced right now: report what is known
+        roots, digest, issuer = [], "", None
+    renewer = mesh.renewer or serving_renewer()
+    return {
+        "identity": tls.identity.uri,
+        "serial": f"{tls.serial:x}",
+        "not_before": _iso(tls.not_before),
+        "not_after": _iso(tls.not_after),
+        "issuer": issuer.rfc4514_string() if issuer is not None else None,
+        "generation": tls.generation,
+        "trust_bundle": {"sha256": digest, "roots": roots},
+        "renewer": None
+        if renewer is None
+        else {
+            "ca_url": renewer.client.ca_url,
+            "renewals": renewer.renewals,
+            "last_renewal": _iso(renewer.last_renewal) if renewer.last_renewal else None,
+            "next_renewal": _iso(renewer.due) if renewer.due != float("inf") else None,
+            "failures": renewer.failures,
+            "last_error": renewer.last_error or None,
+        },
+    }
+
+
 def build_admin_app(mesh: Mesh) -> Starlette:
+    async def metrics(request: Request) -> Response:
+        """Istio's golden metrics, Prometheus text format (every worker's, summed)."""
+        from meshware.telemetry.exposition import CONTENT_TYPE, render
+
+        text = await asyncio.to_thread(lambda: render(mesh.metrics.samples()))
+        return Response(text, media_type=CONTENT_TYPE)
+
+    async def certs(request: Request) -> Response:
+        state = certificate_state(mesh)
+        if state is None:
+            return JSONResponse({"error": "this instance has no workload certificate"}, 404)
+        return JSONResponse(state)
+
     async def healthz(request: Request) -> Response:
         return PlainTextResponse("ok\n")
 
@@ -72,5 +133,7 @@ def build_admin_app(mesh: Mesh) -> Starlette:
             Route("/healthz", healthz),
             Route("/readyz", readyz),
             Route("/config_dump", config_dump),
+            Route("/metrics", metrics),
+            Route("/certs", certs),
         ]
     )

@@ -17,10 +17,10 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import httpx
 from opentelemetry.sdk.trace.export import SpanExporter
@@ -34,17 +34,38 @@ from meshware.config.registry import InstanceRecord
 from meshware.config.watch import ConfigWatcher, Snapshot
 from meshware.routing.table import RouteTable
 from meshware.security.authz import Authorizer
+from meshware.security.peer_auth import (
+    InboundMode,
+    MergedPeerAuthentication,
+    merge_peer_authentication,
+    resolve,
+)
+from meshware.security.signing import ConfigVerifier
 from meshware.security.tls import WorkloadTLS
 from meshware.settings import Settings, default_state_dir
+from meshware.telemetry.access_log import AccessLog, AccessLogSink, access_log_policy
 from meshware.telemetry.export import otlp_exporter
+from meshware.telemetry.multiproc import SnapshotDir
+from meshware.telemetry.peers import workload_of
 from meshware.telemetry.policy import tracing_percentage
+from meshware.telemetry.runtime import MeshMetrics
 from meshware.telemetry.tracing import DEFAULT_PERCENTAGE, Tracer
 from meshware.transport.aio import AsyncMeshTransport
 from meshware.transport.outbound import OutboundPolicy
 from meshware.transport.sync import MeshTransport
 
+if TYPE_CHECKING:
+    from meshware.security.enroll import CertificateRenewer
+
 log = logging.getLogger("meshware")
 _HOSTNAME = socket.gethostname()
+
+
+def _paths(value: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]) -> tuple[Path, ...]:
+    """One path or several, as a tuple of paths."""
+    if isinstance(value, str | os.PathLike):
+        return (Path(value),)
+    return tuple(Path(p) for p in value)
 
 
 class Mesh:
@@ -77,7 +98,10 @@ class Mesh:
         trace_sampling: float = DEFAULT_PERCENTAGE,
         span_exporter: SpanExporter | None = None,
         cert_dir: str | os.PathLike[str] | None = None,
-        mtls: str = "DISABLE",
+        mtls: str = "",
+        trusted_keys: str | os.PathLike[str] | Iterable[str | os.PathLike[str]] = (),
+        ca_url: str | None = None,
+        join_token: str | None = None,
     ) -> None:
         self.settings = Settings(
             service=service,
@@ -98,6 +122,9 @@ class Mesh:
             trace_sampling=trace_sampling,
             cert_dir=Path(cert_dir) if cert_dir else None,
             mtls=mtls,
+            trusted_keys=_paths(trusted_keys),
+            ca_url=ca_url,
+            join_token=join_token,
         )
         self._init_runtime(instance_id, span_exporter)
 
@@ -130,8 +157,14 @@ class Mesh:
         self.labels: Mapping[str, str] = s.effective_labels
         self.authorizer = Authorizer(())
         """The AuthorizationPolicies for this workload, recompiled on every config change."""
-        self.tls: WorkloadTLS | None = WorkloadTLS(s.cert_dir) if s.cert_dir else None
-        """This workload's credentials, for mutual TLS in and out (None without ``cert_dir``)."""
+        self.tls: WorkloadTLS | None = (
+            WorkloadTLS(s.cert_dir) if s.cert_dir and not s.ca_url else None
+        )
+        """This workload's credentials, for mutual TLS in and out (None without ``cert_dir``;
+        with ``ca_url``, set by :meth:`start` once the CA service issued them)."""
+        self.renewer: CertificateRenewer | None = None
+        """With ``ca_url``: what keeps the credentials renewed (``renewals``, ``last_error``)."""
+        self._cert_dir = s.cert_dir
         self.tracer = Tracer(
             {
                 "service.name": s.service,
@@ -145,13 +178,28 @@ class Mesh:
             percentage=s.trace_sampling,
         )
         self.keys = Keys(s.mesh)
+        self.access_log = AccessLog(
+            AccessLogSink(path=s.access_log if s.access_log not in (None, "-") else None)
+        )
+        """Access logging: off until a ``Telemetry`` resource turns it on (as in Istio)."""
+        self.metrics = MeshMetrics(
+            workload_of(s.service, s.version, s.namespace, self.labels),
+            f"{s.service}.{s.namespace}.svc.cluster.local",
+            lambda: self.tls.identity.uri if self.tls is not None else None,
+            self.keys,
+            ready=lambda: self.ready and not self._draining,
+        )
+        """Istio's golden metrics of this instance (``/metrics``, aggregates in Redis)."""
         self.started_at = 0.0
         lkg = None
         if s.redis_url:
             state_dir = s.state_dir or default_state_dir()
             lkg = state_dir / s.mesh / f"{s.namespace}.{s.service}.{s.version}.json"
         self._routes = RouteTable.EMPTY
-        self.watcher = ConfigWatcher(lkg_path=lkg, on_change=self._compile)
+        verifier = (
+            ConfigVerifier.from_paths(s.trusted_keys, mesh=s.mesh) if s.trusted_keys else None
+        )
+        self.watcher = ConfigWatcher(lkg_path=lkg, on_change=self._compile, verifier=verifier)
         self._endpoints: EndpointWatcher | None = None
         self._channel: RedisConfigChannel | None = None
         self._file: FileConfigSource | None = None
@@ -165,6 +213,10 @@ class Mesh:
         self._inflight_lock = threading.Lock()
         self._idle = threading.Condition(self._inflight_lock)
         self._sticky: tuple[Snapshot, frozenset[str]] | None = None
+        self._peer_auth = MergedPeerAuthentication()
+        self._inbound_port: int | None = None
+        self._inbound_lock = threading.Lock()
+        self._inbound = self._resolve_inbound()
 
     # -- what the request path reads -----------------------------------------------------
 
@@ -278,6 +330,10 @@ class Mesh:
 
     def _compile(self, snapshot: Snapshot) -> None:
         self._routes = RouteTable.compile(snapshot.config)
+        self._peer_auth = merge_peer_authentication(
+            snapshot.config, namespace=self.namespace, labels=self.labels
+        )
+        self._update_inbound()
         self.authorizer = Authorizer.compile(
             snapshot.config, namespace=self.namespace, labels=self.labels
         )
@@ -286,11 +342,69 @@ class Mesh:
                 snapshot.config, self.namespace, self.labels, self.settings.trace_sampling
             )
         )
+        self.access_log.policy = access_log_policy(snapshot.config, self.namespace, self.labels)
+
+    # -- inbound mutual TLS (PeerAuthentication) -------------------------------------------
+
+    @property
+    def inbound_mtls(self) -> InboundMode:
+        """The inbound mutual TLS mode now: ``mode`` is STRICT, PERMISSIVE or DISABLE.
+
+        Recompiled on every config change from the ``PeerAuthentication`` resources (unless
+        ``mtls=`` / ``MESHWARE_MTLS`` overrides them), for the port this instance serves on;
+        a plain attribute read, so the server asks it at every new connection.
+        """
+        return self._inbound
+
+    @property
+    def advertises_mtls(self) -> bool:
+        """What the registry record says callers may use: mutual TLS is accepted (STRICT or
+        PERMISSIVE, with credentials) by a server that enforces the mode, i.e. meshware's own
+        (see :meth:`serve_inbound`) or, with an explicit ``mtls=``, the caller's word for it."""
+        served = self._inbound_port is not None or bool(self.settings.mtls)
+        return served and self._inbound.accepts_mtls
+
+    def serve_inbound(self, port: int) -> None:
+        """Called by the server that enforces :attr:`inbound_mtls` (``meshware serve``) with
+        the port it listens on: ``portLevelMtls`` for that port applies, and the instance
+        advertises mutual TLS when it accepts it."""
+        self._inbound_port = port
+        self._update_inbound(serving=True)
+
+    def _serving_port(self) -> int | None:
+        if self._inbound_port is not None:
+            return self._inbound_port
+        _, sep, port = self.settings.address.rpartition(":")
+        return int(port) if sep and port.isdigit() else None
+
+    def _resolve_inbound(self) -> InboundMode:
+        return resolve(
+            self._peer_auth,
+            port=self._serving_port(),
+            credentials=self.tls is not None,
+            override=self.settings.mtls,
+        )
+
+    def _update_inbound(self, *, serving: bool = False) -> None:
+        with self._inbound_lock:
+            before, advertised = self._inbound, self.advertises_mtls
+            self._inbound = after = self._resolve_inbound()
+        loud = after.refuses_everything and self._inbound_port is not None
+        if loud and (serving or before != after):  # fail closed: say so where it is seen
+            log.error("inbound mTLS for %s: %s", self.instance_id, after)
+        elif after.mode != before.mode:
+            log.info("inbound mTLS for %s: %s", self.instance_id, after)
+        channel, loop = self._channel, self._loop
+        changed = self.advertises_mtls != advertised
+        if changed and channel is not None and loop is not None and loop.is_running():
+            # tell callers now, not at the next heartbeat
+            asyncio.run_coroutine_threadsafe(channel.publish_now("mtls"), loop)
 
     @property
     def admin_app(self) -> Any:
-        """An ASGI app with ``/healthz``, ``/readyz`` and ``/config_dump`` (Envoy's admin, in
-        short). Serve it on its own port or mount it yourself; it is never added to your app."""
+        """An ASGI app with ``/healthz``, ``/readyz``, ``/config_dump`` and ``/metrics``
+        (Envoy's admin, in short). Serve it on its own port or mount it yourself; it is never
+        added to your app."""
         from meshware.admin import build_admin_app
 
         return build_admin_app(self)
@@ -354,7 +468,7 @@ class Mesh:
             nack_version=nack.version if nack else 0,
             nack_reason=nack.reason if nack else "",
             draining=self._draining,
-            mtls=s.mtls == "STRICT",
+            mtls=self.advertises_mtls,
             identity=self.tls.identity.uri if self.tls is not None else "",
         )
 
@@ -375,9 +489,19 @@ class Mesh:
         with self._lock:
             if self._thread is not None:
                 return self
+            if self.settings.ca_url and self.renewer is None:
+                self._enroll()
             self.started_at = time.time()
             self._draining = False
             self.tracer.start()  # here, not in __init__: after a pre-fork server forked
+            self.metrics.attach(SnapshotDir.from_env())  # shared by the workers, if any
+            if self.settings.redis_url and self.watcher.verifier is None:
+                log.warning(
+                    "CONFIG SIGNING IS OFF for %s: anyone with write access to Redis can reroute "
+                    "or open traffic; set MESHWARE_TRUSTED_KEYS (trusted_keys=) to the operator "
+                    "public keys (meshware keys init)",
+                    self.instance_id,
+                )
             if self.settings.redis_url and self.watcher.load_last_known_good():
                 log.info("starting from last-known-good config v%s", self.watcher.snapshot.version)
             self._thread = threading.Thread(
@@ -407,7 +531,35 @@ class Mesh:
             self._thread = None
             self._loop = None
             self._started.clear()
+            renewer, self.renewer = self.renewer, None
+        if renewer is not None:
+            renewer.stop()
         self.tracer.shutdown()  # exports the spans still queued
+        self.access_log.sink.flush()
+
+    def _enroll(self) -> None:
+        """With ``ca_url``: credentials from the CA service (renewing those already in
+        ``cert_dir``, else paying with the join token), kept renewed in the background.
+        Raises :class:`~meshware.security.enroll.EnrollmentError`."""
+        from meshware.security.enroll import workload_renewer
+
+        s = self.settings
+        assert s.ca_url is not None
+        renewer = workload_renewer(
+            ca_url=s.ca_url,
+            service=s.service,
+            namespace=s.namespace,
+            join_token=s.join_token,
+            cert_dir=self._cert_dir,
+            redis_url=s.redis_url,
+            mesh=s.mesh,
+        ).start()
+        self.renewer, self._cert_dir = renewer, renewer.directory
+        if self.tls is None:
+            self.tls = WorkloadTLS(renewer.directory)
+        else:
+            self.tls.reload()
+        self._update_inbound()
 
     def _cancel_tasks(self) -> None:
         for worker in (self._channel, self._endpoints, self._file):
@@ -443,6 +595,8 @@ class Mesh:
             self._tasks.append(
                 asyncio.create_task(self._endpoints.run(), name="meshware-endpoints")
             )
+            if s.rollout_controller:
+                self._start_rollout_controller(s.redis_url)
         elif s.config_file is not None:
             self._file = FileConfigSource(s.config_file, self.watcher)
             self._file.poll()
@@ -452,19 +606,44 @@ class Mesh:
                 "mesh %s runs without a control plane (no redis_url, no config_file)",
                 self.instance_id,
             )
-        self._tasks.append(asyncio.create_task(self._watch_credentials(), name="meshware-certs"))
+        self._tasks.append(asyncio.create_task(self._housekeeping(), name="meshware-housekeeping"))
+        self._tasks.append(
+            asyncio.create_task(self.metrics.run(s.redis_url), name="meshware-metrics")
+        )
         self._started.set()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
 
-    async def _watch_credentials(self, interval: float = 1.0) -> None:
-        """Pick up renewed workload credentials (whoever wrote them) within ``interval`` s."""
+    def _start_rollout_controller(self, redis_url: str) -> None:
+        """Compete for the rollout lease (``MESHWARE_ROLLOUT_CONTROLLER``; see
+        :mod:`meshware.rollout.controller`, which declines without a needed signing key)."""
+        from meshware.rollout.controller import controller_for_mesh
+
+        s = self.settings
+        controller = controller_for_mesh(
+            redis_url,
+            mesh=s.mesh,
+            holder=self.instance_id,
+            signing_key=s.signing_key,
+            trusted_keys=s.trusted_keys,
+            lease_ttl=s.rollout_lease_ttl,
+            tick=s.rollout_tick,
+        )
+        if controller is not None:
+            self._tasks.append(
+                asyncio.create_task(controller.run_async(), name="meshware-rollouts")
+            )
+
+    async def _housekeeping(self, interval: float = 1.0) -> None:
+        """Every ``interval`` s: pick up renewed workload credentials (whoever wrote them) and
+        flush the access log."""
         while True:
             await asyncio.sleep(interval)
             tls = self.tls
             if tls is not None:
                 tls.reload_if_changed()
+            self.access_log.sink.flush()
 
     def __enter__(self) -> Mesh:
         return self.start()

@@ -12,7 +12,6 @@ import importlib
 import inspect
 import logging
 import os
-import ssl
 import sys
 import threading
 from types import FrameType
@@ -20,9 +19,15 @@ from typing import Any
 
 import uvicorn
 
+from meshware.admin_seat import ADMIN_SEAT_ENV, AdminSeat
 from meshware.errors import MeshwareError
 from meshware.mesh import Mesh
-from meshware.security.uvicorn_tls import MeshH11Protocol, check_uvicorn
+from meshware.security.uvicorn_sniff import (
+    protocol_factory,
+    serve_in_this_process,
+    worker_protocol,
+)
+from meshware.telemetry.multiproc import METRICS_DIR_ENV, prepare_dir, server_metrics_dir
 
 log = logging.getLogger("meshware.serving")
 
@@ -63,14 +68,24 @@ def run(
 
 
 def secured(config: uvicorn.Config, mesh: Mesh) -> uvicorn.Config:
-    """``config`` serving mutual TLS when the mesh's mode is STRICT (a client certificate
-    issued under the trust bundle is required; the verified peer reaches the app)."""
-    if mesh.settings.mtls != "STRICT" or mesh.tls is None:
-        return config
-    check_uvicorn()
-    config.http = MeshH11Protocol
-    config.load()
-    config.ssl = mesh.tls.server_context(require_client_certificate=True)
+    """``config`` enforcing the mesh's inbound mutual TLS mode (``mesh.inbound_mtls``), live.
+
+    With credentials one port serves mutual TLS (a client certificate issued under the trust
+    bundle is required; the verified peer reaches the app) and, when the mode allows it,
+    plaintext: see :mod:`meshware.security.uvicorn_sniff`. Without credentials it serves
+    plaintext, and refuses every connection while the mode is STRICT (fail closed).
+    """
+    if config.ssl_certfile or config.ssl_keyfile:
+        raise MeshwareError(
+            "meshware serves TLS with the workload credentials (cert_dir); "
+            "do not pass uvicorn ssl_* options"
+        )
+    mesh.serve_inbound(config.port)
+    config.http = protocol_factory(  # type: ignore[assignment]
+        mesh, timeout=mesh.settings.protocol_detection_timeout
+    )
+    config.loop = "asyncio"  # the loop the connection sniffing is written and tested for
+    log.info("inbound mutual TLS: %s; follows PeerAuthentication live", mesh.inbound_mtls)
     return config
 
 
@@ -135,27 +150,35 @@ def build(target: str) -> tuple[Any, Mesh]:
     return adapter, mesh
 
 
-def _worker_tls() -> dict[str, Any]:
-    """uvicorn's file-based TLS options for workers (each builds its own context)."""
-    from meshware.settings import Settings
+def show_mesh_warnings() -> None:
+    """Under ``meshware serve`` the mesh's warnings and errors reach stderr (a library only
+    adds a NullHandler): a server that fails closed, a rejected config, must be seen.
+    Nothing changes when the application configured logging itself."""
+    logger = logging.getLogger("meshware")
+    configured = [h for h in logger.handlers if not isinstance(h, logging.NullHandler)]
+    if configured or logging.getLogger().handlers:
+        return
+    handler = logging.StreamHandler()
+    handler.setLevel(logging.WARNING)
+    handler.setFormatter(logging.Formatter("%(levelname)s:  %(name)s: %(message)s"))
+    logger.addHandler(handler)
 
-    settings = Settings.from_env()
-    if settings.mtls != "STRICT" or settings.cert_dir is None:
-        return {}
+
+def _worker_inbound(port: int) -> dict[str, Any]:
+    """uvicorn options for workers: each enforces its own mesh's mode (see :func:`secured`)."""
+    from meshware.security.uvicorn_tls import check_uvicorn
+
     check_uvicorn()
-    directory = settings.cert_dir
-    return {
-        "http": MeshH11Protocol,
-        "ssl_certfile": str(directory / "cert.pem"),
-        "ssl_keyfile": str(directory / "key.pem"),
-        "ssl_ca_certs": str(directory / "bundle.pem"),
-        "ssl_cert_reqs": ssl.CERT_REQUIRED,
-    }
+    os.environ["MESHWARE_SERVE_PORT"] = str(port)
+    return {"http": worker_protocol, "loop": "asyncio"}
 
 
 def worker_app() -> Any:
     """uvicorn factory for multi-worker serving: each worker builds its own app and mesh."""
     app, mesh = build(os.environ["MESHWARE_SERVE_TARGET"])
+    show_mesh_warnings()
+    mesh.serve_inbound(int(os.environ["MESHWARE_SERVE_PORT"]))
+    serve_in_this_process(mesh, timeout=mesh.settings.protocol_detection_timeout)
     return _with_mesh_lifespan(app, mesh)
 
 
@@ -163,9 +186,12 @@ def _with_mesh_lifespan(app: Any, mesh: Mesh) -> Any:
     async def wrapped(scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
             mesh.start()
+            seat = AdminSeat.from_env(mesh.admin_app)  # with --admin-port: one worker serves it
             try:
                 await _lifespan_passthrough(app, scope, receive, send)
             finally:
+                if seat is not None:
+                    seat.stop()
                 mesh.stop()
             return
         await app(scope, receive, send)
@@ -193,6 +219,10 @@ def serve_target(
     """Serve ``MODULE:APP`` as a mesh service until a signal (``meshware serve``)."""
     if workers > 1:
         os.environ["MESHWARE_SERVE_TARGET"] = target
+        # workers share their metrics through a directory; one of them serves the admin app
+        os.environ[METRICS_DIR_ENV] = str(prepare_dir(server_metrics_dir(port)))
+        if admin_port is not None:
+            os.environ[ADMIN_SEAT_ENV] = f"{host}:{admin_port}"
         uvicorn.run(
             "meshware.serving:worker_app",
             factory=True,
@@ -201,10 +231,12 @@ def serve_target(
             workers=workers,
             log_level="info",
             lifespan="on",
-            **_worker_tls(),
+            **_worker_inbound(port),
         )
         return
     app, mesh = build(target)
+    show_mesh_warnings()
+    mesh.serve_inbound(port)  # before it registers: the record advertises what it serves
     mesh.start()
     admin: uvicorn.Server | None = None
     if admin_port is not None:

@@ -12,10 +12,12 @@ from meshware.config.connection import check_redis_url
 from meshware.config.keys import DEFAULT_MESH
 from meshware.config.model.common import DEFAULT_NAMESPACE
 from meshware.errors import ConfigError, Problem
+from meshware.security.signing import SigningError, load_trusted_keys
 
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _LABEL_KEY = re.compile(r"^([a-z0-9.-]+/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
 _URL = re.compile(r"^https?://[^\s/]+(/\S*)?$")
+_HTTPS_URL = re.compile(r"^https://[^\s/]+(/\S*)?$")
 _ADDRESS = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})$")
 
 
@@ -44,12 +46,41 @@ class Settings:
     outbound_traffic_policy: str = "ALLOW_ANY"
     discovery_interval: float = 1.0
     otlp_endpoint: str | None = None
+    access_log: str | None = None
+    """Where access log lines go when a ``Telemetry`` resource turns them on: a file path;
+    None or ``-`` for standard output (Envoy's ``/dev/stdout``)."""
     trace_sampling: float = 1.0
     """Percent of new traces recorded unless a ``Telemetry`` resource says otherwise."""
     cert_dir: Path | None = None
     """Workload credentials (``cert.pem``, ``key.pem``, ``bundle.pem``) for mutual TLS."""
-    mtls: str = "DISABLE"
-    """What this instance's server enforces: ``STRICT`` (mutual TLS only) or ``DISABLE``."""
+    spiffe_endpoint: str | None = None
+    """The SPIFFE Workload API (a SPIRE agent) that writes the credentials in ``cert_dir``:
+    ``unix:///path/to/agent.sock`` or ``tcp://IP:PORT`` (see :mod:`meshware.security.spire`)."""
+    mtls: str = ""
+    """An override of the inbound mutual TLS mode: ``STRICT`` (mutual TLS only),
+    ``PERMISSIVE`` (mutual TLS and plaintext on one port) or ``DISABLE`` (plaintext only).
+    Empty (the default): follow the ``PeerAuthentication`` resources (see
+    :mod:`meshware.security.peer_auth`)."""
+    protocol_detection_timeout: float = 10.0
+    """Seconds a new inbound connection may stay silent before it is closed (the server
+    waits for its first byte to tell TLS from plaintext), and may spend in the handshake."""
+    trusted_keys: tuple[Path, ...] = ()
+    """Operator public keys (files, or directories of ``*.pub``) config versions must be
+    signed with; empty: unsigned config is accepted (local development only)."""
+    ca_url: str | None = None
+    """The CA signing service (``meshware ca serve``): credentials are obtained from it and
+    renewed into ``cert_dir`` (or a private temporary directory)."""
+    join_token: str | None = field(default=None, repr=False)
+    """The join token paying for the first certificate from ``ca_url`` (single use)."""
+    rollout_controller: bool = False
+    """Compete for the rollout lease and drive the mesh's Rollouts (see
+    :mod:`meshware.rollout`); with config signing on, only with a ``signing_key``."""
+    signing_key: Path | None = None
+    """Operator private key (``NAME.key``) the rollout controller signs its steps with."""
+    rollout_lease_ttl: float = 10.0
+    """Seconds the rollout lease outlives its holder (how soon another instance takes over)."""
+    rollout_tick: float = 1.0
+    """Seconds between two passes of the rollout controller."""
 
     def __post_init__(self) -> None:
         problems: list[Problem] = []
@@ -96,12 +127,45 @@ class Settings:
             bad(
                 "trace_sampling", f"must be a percentage from 0 to 100, got {self.trace_sampling!r}"
             )
-        if self.mtls not in ("STRICT", "DISABLE"):
-            bad("mtls", f"must be STRICT or DISABLE, got {self.mtls!r}")
-        if self.mtls == "STRICT" and self.cert_dir is None:
-            bad("mtls", "STRICT needs workload credentials (cert_dir / MESHWARE_CERT_DIR)")
+        if self.mtls not in ("", "STRICT", "PERMISSIVE", "DISABLE"):
+            bad(
+                "mtls",
+                "must be STRICT, PERMISSIVE or DISABLE (or empty: follow PeerAuthentication), "
+                f"got {self.mtls!r}",
+            )
+        elif self.mtls in ("STRICT", "PERMISSIVE") and self.cert_dir is None and not self.ca_url:
+            bad(
+                "mtls",
+                f"{self.mtls} needs workload credentials (cert_dir / MESHWARE_CERT_DIR, "
+                "or ca_url / MESHWARE_CA_URL)",
+            )
+        if self.ca_url is not None and not _HTTPS_URL.match(self.ca_url):
+            bad("ca_url", f"must be an https:// URL, got {self.ca_url!r}")
+        if self.join_token is not None and self.ca_url is None:
+            bad("join_token", "needs the CA service's URL (ca_url / MESHWARE_CA_URL)")
+        if not 0 < self.protocol_detection_timeout <= 3600:
+            bad("protocol_detection_timeout", "must be a number of seconds from 0 to 3600")
+        if self.spiffe_endpoint is not None:
+            from meshware.security.spire import check_spiffe_endpoint
+
+            try:
+                check_spiffe_endpoint(self.spiffe_endpoint)
+            except ValueError as exc:
+                bad("spiffe_endpoint", str(exc))
         if self.instance_ttl <= self.heartbeat_interval:
             bad("instance_ttl", "must be longer than heartbeat_interval")
+        if self.rollout_lease_ttl <= 0 or self.rollout_tick <= 0:
+            bad("rollout_lease_ttl", "the rollout lease TTL and tick must be positive")
+        elif self.rollout_tick * 3 > self.rollout_lease_ttl:
+            bad("rollout_tick", "must be at most a third of rollout_lease_ttl (renewals)")
+        if isinstance(self.trusted_keys, str | os.PathLike):  # one path given bare
+            object.__setattr__(self, "trusted_keys", (Path(self.trusted_keys),))
+        object.__setattr__(self, "trusted_keys", tuple(Path(p) for p in self.trusted_keys))
+        if self.trusted_keys:
+            try:
+                load_trusted_keys(self.trusted_keys)
+            except SigningError as exc:
+                bad("trusted_keys", str(exc))
         if problems:
             raise ConfigError(problems)
 
@@ -127,6 +191,10 @@ class Settings:
             "address": "MESHWARE_ADDRESS",
             "outbound_traffic_policy": "MESHWARE_OUTBOUND_TRAFFIC_POLICY",
             "otlp_endpoint": "MESHWARE_OTLP_ENDPOINT",
+            "access_log": "MESHWARE_ACCESS_LOG",
+            "spiffe_endpoint": "MESHWARE_SPIFFE_ENDPOINT",
+            "ca_url": "MESHWARE_CA_URL",
+            "join_token": "MESHWARE_JOIN_TOKEN",
         }
         for name, var in simple.items():
             if env.get(var):
@@ -137,8 +205,21 @@ class Settings:
             values["cert_dir"] = Path(env["MESHWARE_CERT_DIR"])
         if env.get("MESHWARE_MTLS"):
             values["mtls"] = env["MESHWARE_MTLS"].upper()
+        if env.get("MESHWARE_TRUSTED_KEYS"):
+            values["trusted_keys"] = tuple(
+                Path(p) for p in env["MESHWARE_TRUSTED_KEYS"].split(os.pathsep) if p.strip()
+            )
         if env.get("MESHWARE_STATE_DIR"):
             values["state_dir"] = Path(env["MESHWARE_STATE_DIR"])
+        if env.get("MESHWARE_ROLLOUT_CONTROLLER"):
+            values["rollout_controller"] = env["MESHWARE_ROLLOUT_CONTROLLER"].lower() in (
+                "1",
+                "true",
+                "yes",
+                "on",
+            )
+        if env.get("MESHWARE_SIGNING_KEY"):
+            values["signing_key"] = Path(env["MESHWARE_SIGNING_KEY"])
         if env.get("MESHWARE_LABELS"):
             labels: dict[str, str] = {}
             for item in env["MESHWARE_LABELS"].split(","):
@@ -158,6 +239,9 @@ class Settings:
             ("heartbeat_interval", "MESHWARE_HEARTBEAT_INTERVAL"),
             ("instance_ttl", "MESHWARE_INSTANCE_TTL"),
             ("trace_sampling", "MESHWARE_TRACE_SAMPLING"),
+            ("protocol_detection_timeout", "MESHWARE_PROTOCOL_DETECTION_TIMEOUT"),
+            ("rollout_lease_ttl", "MESHWARE_ROLLOUT_LEASE_TTL"),
+            ("rollout_tick", "MESHWARE_ROLLOUT_TICK"),
         ):
             if env.get(var):
                 try:

@@ -29,6 +29,7 @@ DOCUMENTS = (
     ROOT / "docs" / "inbound.md",
     ROOT / "docs" / "tracing.md",
     ROOT / "docs" / "security.md",
+    ROOT / "docs" / "metrics.md",
 )
 
 _FENCE = re.compile(r"^ {0,3}(?P<fence>`{3,}|~{3,})(?P<info>.*)$")

@@ -1,11 +1,18 @@
-"""``apply``, ``get``, ``delete``, ``history`` and ``rollback``: the config channel's CLI."""
+"""``apply``, ``get``, ``delete``, ``history`` and ``rollback``: the config channel's CLI.
+
+The three commands that store a version sign it with ``--signing-key`` (``MESHWARE_SIGNING_KEY``);
+without one they store it unsigned and say loudly that instances trusting operator keys will
+refuse it.
+"""
 
 from __future__ import annotations
 
 import difflib
+import os
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 from rich.table import Table
@@ -14,6 +21,7 @@ from meshware.cli.context import (
     CliContext,
     dump_json,
     dump_yaml_documents,
+    err,
     fail,
     out,
     pass_ctx,
@@ -23,9 +31,76 @@ from meshware.cli.kinds import resolve_kind
 from meshware.config.model.common import DEFAULT_NAMESPACE, ResourceKey
 from meshware.config.parse import load_files
 from meshware.config.record import ConfigRecord, RawDocument, document_key
-from meshware.config.store import Change, ChangeResult
+from meshware.config.store import Change, ChangeResult, ConfigStore
+from meshware.security.signing import ConfigVerifier, OperatorKey, load_trusted_keys
 
 OUTPUT_FORMATS = click.Choice(["table", "yaml", "json"])
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def signing_options(fn: F) -> F:
+    """``--signing-key``, ``--trusted-keys`` and ``--adopt-unsigned`` for commands that store."""
+    fn = click.option(
+        "--adopt-unsigned",
+        is_flag=True,
+        help="With --signing-key: sign on top of an unsigned current version (once, when "
+        "switching a mesh to signed config; check it with 'meshware get -o yaml' first).",
+    )(fn)
+    fn = click.option(
+        "--trusted-keys",
+        metavar="PATHS",
+        envvar="MESHWARE_TRUSTED_KEYS",
+        default=None,
+        help="With --signing-key: operator public keys (files or directories of *.pub, "
+        f"'{os.pathsep}'-separated) whose versions a signed change may build on, besides the "
+        "signing key's own (after a rotation: the old key). Env: MESHWARE_TRUSTED_KEYS.",
+    )(fn)
+    return click.option(
+        "--signing-key",
+        type=click.Path(dir_okay=False, path_type=Path),
+        envvar="MESHWARE_SIGNING_KEY",
+        default=None,
+        help="Operator private key (meshware keys init) that signs the new version. "
+        "Env: MESHWARE_SIGNING_KEY.",
+    )(fn)
+
+
+def _writer(
+    ctx: CliContext, signing_key: Path | None, trusted_keys: str | None, adopt_unsigned: bool
+) -> ConfigStore:
+    """The store that writes: signing with ``signing_key`` if given (loaded before any I/O)."""
+    if signing_key is None:
+        return ctx.store()
+    signer = OperatorKey.load(signing_key)
+    trusted = [signer.public]
+    if trusted_keys:
+        trusted.extend(load_trusted_keys(p for p in trusted_keys.split(os.pathsep) if p.strip()))
+    base = ctx.store()
+    return ConfigStore(
+        base.client,
+        mesh=ctx.mesh,
+        url=ctx.redis_url,
+        signer=signer,
+        trusted=ConfigVerifier(trusted, mesh=ctx.mesh),
+        adopt_unsigned=adopt_unsigned,
+    )
+
+
+def _warn_unsigned(store: ConfigStore, result: ChangeResult, *, dry_run: bool) -> None:
+    if store.signer is not None:
+        return
+    if result.record is not None:
+        what = f"config v{result.record.version} was stored UNSIGNED"
+    elif dry_run and result.changed:
+        what = "the new version would be stored UNSIGNED"
+    else:
+        return
+    err.print(
+        f"[bold yellow]warning: {what}[/] [yellow](no --signing-key / MESHWARE_SIGNING_KEY): "
+        "instances that trust operator keys (MESHWARE_TRUSTED_KEYS) will reject it (NACK) and "
+        "keep their last good version[/]",
+        highlight=False,
+    )
 
 
 def _print_changes(result: ChangeResult, *, dry_run: bool, show_diff: bool) -> None:
@@ -39,8 +114,9 @@ def _print_changes(result: ChangeResult, *, dry_run: bool, show_diff: bool) -> N
             _print_diff(change)
     if result.record is not None:
         record = result.record
+        signed = f", signed by key {record.key_id}" if record.key_id else ""
         out.print(
-            f"config v{record.version} stored (epoch {record.epoch}, {record.summary})",
+            f"config v{record.version} stored (epoch {record.epoch}, {record.summary}){signed}",
             highlight=False,
         )
     elif not dry_run:
@@ -80,15 +156,25 @@ def _escape(text: str) -> str:
     help="A YAML/JSON file of Istio-format resources ('-' for stdin). Repeatable.",
 )
 @click.option("--dry-run", is_flag=True, help="Validate and show what would change; store nothing.")
+@signing_options
 @pass_ctx
 @report_errors
-def apply(ctx: CliContext, files: Sequence[str], dry_run: bool) -> None:
+def apply(
+    ctx: CliContext,
+    files: Sequence[str],
+    dry_run: bool,
+    signing_key: Path | None,
+    trusted_keys: str | None,
+    adopt_unsigned: bool,
+) -> None:
     """Validate the files with the current config and store the result as a new version."""
+    store = _writer(ctx, signing_key, trusted_keys, adopt_unsigned)
     documents = load_files(files)
     if not documents:
         fail("no resources found in " + ", ".join(files))
-    result = ctx.store().apply(documents, dry_run=dry_run)
+    result = store.apply(documents, dry_run=dry_run)
     _print_changes(result, dry_run=dry_run, show_diff=dry_run)
+    _warn_unsigned(store, result, dry_run=dry_run)
 
 
 def _select(
@@ -183,17 +269,29 @@ def get(
 @click.argument("name")
 @click.option("-n", "--namespace", default=DEFAULT_NAMESPACE, show_default=True)
 @click.option("--dry-run", is_flag=True, help="Show what would change; store nothing.")
+@signing_options
 @pass_ctx
 @report_errors
-def delete(ctx: CliContext, kind: str, name: str, namespace: str, dry_run: bool) -> None:
+def delete(
+    ctx: CliContext,
+    kind: str,
+    name: str,
+    namespace: str,
+    dry_run: bool,
+    signing_key: Path | None,
+    trusted_keys: str | None,
+    adopt_unsigned: bool,
+) -> None:
     """Delete one resource (the rest of the mesh must stay valid) as a new version."""
     try:
         kind_name = resolve_kind(kind)
     except ValueError as exc:
         fail(str(exc))
         return
-    result = ctx.store().delete(ResourceKey(kind_name, namespace, name), dry_run=dry_run)
+    store = _writer(ctx, signing_key, trusted_keys, adopt_unsigned)
+    result = store.delete(ResourceKey(kind_name, namespace, name), dry_run=dry_run)
     _print_changes(result, dry_run=dry_run, show_diff=False)
+    _warn_unsigned(store, result, dry_run=dry_run)
 
 
 def _age(timestamp: float) -> str:
@@ -217,6 +315,7 @@ def _record_json(record: ConfigRecord) -> dict[str, Any]:
         "actor": record.actor,
         "summary": record.summary,
         "changes": [{"change": a, "resource": r} for a, r in record.changes],
+        "key_id": record.key_id,
     }
 
 
@@ -242,12 +341,17 @@ def history(ctx: CliContext, fmt: str, limit: int) -> None:
         out.print("no config history yet", highlight=False)
         return
     table = Table(box=None, pad_edge=False)
-    for column in ("VERSION", "AGE", "ACTION", "ACTOR", "CHANGES"):
+    for column in ("VERSION", "AGE", "ACTION", "ACTOR", "SIGNED BY", "CHANGES"):
         table.add_column(column)
     for record in records:
         changes = ", ".join(f"{r} {a}" for a, r in record.changes) or record.summary
         table.add_row(
-            f"v{record.version}", _age(record.created_at), record.action, record.actor, changes
+            f"v{record.version}",
+            _age(record.created_at),
+            record.action,
+            record.actor,
+            record.key_id or "[yellow]unsigned[/]",
+            changes,
         )
     out.print(table)
 
@@ -261,9 +365,19 @@ def history(ctx: CliContext, fmt: str, limit: int) -> None:
     help="Version to return to (default: the previous one).",
 )
 @click.option("--dry-run", is_flag=True, help="Show what would change; store nothing.")
+@signing_options
 @pass_ctx
 @report_errors
-def rollback(ctx: CliContext, to: int | None, dry_run: bool) -> None:
-    """Store an earlier version's config as a new version."""
-    result = ctx.store().rollback(to, dry_run=dry_run)
+def rollback(
+    ctx: CliContext,
+    to: int | None,
+    dry_run: bool,
+    signing_key: Path | None,
+    trusted_keys: str | None,
+    adopt_unsigned: bool,
+) -> None:
+    """Store an earlier version's config as a new version (signed anew with --signing-key)."""
+    store = _writer(ctx, signing_key, trusted_keys, adopt_unsigned)
+    result = store.rollback(to, dry_run=dry_run)
     _print_changes(result, dry_run=dry_run, show_diff=dry_run)
+    _warn_unsigned(store, result, dry_run=dry_run)

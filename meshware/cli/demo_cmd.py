@@ -4,6 +4,10 @@ With no Redis configured it starts an embedded real ``redis-server``. Each Booki
 runs under ``meshware serve`` as its own process; the tour (:mod:`meshware.demo.tour`) applies
 Istio's traffic-management manifests and drives traffic through productpage. Whatever happens
 (the end, Ctrl-C, SIGTERM, a service failing to start) every process it started is stopped.
+
+The demo runs with signed config: it creates an operator key in its temporary directory, its
+services trust only that key (``MESHWARE_TRUSTED_KEYS``) and every version it applies is
+signed, so the version it later writes straight into Redis is refused by every instance.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from meshware.demo.services import BOOKINFO, Service, ServiceGroup, assign_ports
 from meshware.demo.tour import Tour
 from meshware.embedded_redis import RedisServer
 from meshware.errors import MeshwareError
+from meshware.security.signing import write_key_pair
 
 ROOT = Path(__file__).resolve().parents[2]
 MANIFESTS = ROOT / "examples" / "bookinfo" / "manifests"
@@ -82,13 +87,16 @@ def _started(service: Service, seconds: float) -> None:
     )
 
 
-def _serve_forever(url: str, services: list[Service], group: ServiceGroup) -> None:
+def _serve_forever(
+    url: str, services: list[Service], group: ServiceGroup, signing_key: Path
+) -> None:
     productpage = next(s for s in services if s.service == "productpage")
     out.rule("[bold]the mesh keeps running[/] (Ctrl-C stops it)")
     out.print(
         f"  curl -H 'end-user: jason' http://127.0.0.1:{productpage.port}/productpage\n"
-        f"  export MESHWARE_REDIS_URL={redact(url)} MESHWARE_MESH={DEMO_MESH}\n"
-        "  meshware status; meshware get virtualservices; "
+        f"  export MESHWARE_REDIS_URL={redact(url)} MESHWARE_MESH={DEMO_MESH} "
+        f"MESHWARE_SIGNING_KEY={signing_key}\n"
+        "  meshware status; meshware get virtualservices; meshware history; "
         f"meshware apply -f {MANIFESTS.relative_to(ROOT)}/virtual-service-all-v1.yaml\n"
         f"  service logs: {group.log_dir}",
         highlight=False,
@@ -203,40 +211,67 @@ def _demo(
         )
     with (
         _redis(redis_url) as url,
-        tempfile.TemporaryDirectory(prefix="meshware-demo-") as tmp,
-        contextlib.closing(ConfigStore.from_url(url, mesh=DEMO_MESH)) as store,
+        tempfile.TemporaryDirectory(prefix="meshware-demo-") as tmp_name,
     ):
-        store.head()  # fails clearly now if the Redis is unreachable
-        group = ServiceGroup(
-            services,
-            redis_url=url,
-            mesh=DEMO_MESH,
-            root=ROOT,
-            log_dir=Path(tmp) / "logs",
-            env={**env, "MESHWARE_STATE_DIR": str(Path(tmp) / "state")},
-        )
-        out.print(
-            f"Starting {len(services)} services, each under 'meshware serve':", highlight=False
-        )
-        with group:
-            group.wait_listening(60.0, _started)
-            tour = Tour(
-                out,
-                store,
-                MANIFESTS,
-                services,
-                requests=requests,
-                concurrency=concurrency,
-                check_alive=group.check_alive,
-                trace_viewer=jaeger_ui(otlp_endpoint),
+        tmp = Path(tmp_name)
+        key, key_path, public_path = write_key_pair(tmp / "keys", "operator")
+        with contextlib.closing(ConfigStore.from_url(url, mesh=DEMO_MESH, signer=key)) as store:
+            _start_afresh(store)
+            out.print(
+                f"Signed config: operator key {key.key_id}, made for this run; the services "
+                "trust only it (MESHWARE_TRUSTED_KEYS) and the demo signs every version it applies",
+                highlight=False,
             )
-            tour.wait_serving()
-            tour.run()
-            if tour.mismatches:
-                raise MeshwareError(
-                    "the traffic did not follow the applied routes:\n  "
-                    + "\n  ".join(tour.mismatches)
+            group = ServiceGroup(
+                services,
+                redis_url=url,
+                mesh=DEMO_MESH,
+                root=ROOT,
+                log_dir=tmp / "logs",
+                env={
+                    **env,
+                    "MESHWARE_STATE_DIR": str(tmp / "state"),
+                    "MESHWARE_TRUSTED_KEYS": str(public_path),
+                },
+            )
+            out.print(
+                f"Starting {len(services)} services, each under 'meshware serve':",
+                highlight=False,
+            )
+            with group:
+                group.wait_listening(60.0, _started)
+                tour = Tour(
+                    out,
+                    store,
+                    MANIFESTS,
+                    services,
+                    requests=requests,
+                    concurrency=concurrency,
+                    check_alive=group.check_alive,
+                    trace_viewer=jaeger_ui(otlp_endpoint),
                 )
-            if keep_serving:
-                _serve_forever(url, services, group)
-            out.print("\nStopping the services (each drains before it exits)...", highlight=False)
+                tour.wait_serving()
+                tour.run()
+                if tour.mismatches:
+                    raise MeshwareError(
+                        "the traffic did not follow the applied routes:\n  "
+                        + "\n  ".join(tour.mismatches)
+                    )
+                if keep_serving:
+                    _serve_forever(url, services, group, key_path)
+                out.print(
+                    "\nStopping the services (each drains before it exits)...", highlight=False
+                )
+
+
+def _start_afresh(store: ConfigStore) -> None:
+    """Clear config an earlier demo left in this mesh: that run's key signed it."""
+    head = store.head()  # fails clearly now if the Redis is unreachable
+    if head is None:
+        return
+    store.client.delete(store.keys.config, store.keys.history)
+    out.print(
+        f"Mesh '{DEMO_MESH}' held config v{head.version} from an earlier run, signed by another "
+        "key: starting it afresh",
+        highlight=False,
+    )

@@ -11,6 +11,7 @@ _ALIASES = {
     "pa": "PeerAuthentication",
     "ap": "AuthorizationPolicy",
     "authz": "AuthorizationPolicy",
+    "ro": "Rollout",
 }
 
 
@@ -26,4 +27,4 @@ def resolve_kind(text: str) -> str:
         ):
             return kind
     known = ", ".join(sorted(KINDS))
-    raise ValueError(f"unknown kind {text!r}; use one of {known} (or vs, dr, se, pa, ap)")
+    raise ValueError(f"unknown kind {text!r}; use one of {known} (or vs, dr, se, pa, ap, ro)")

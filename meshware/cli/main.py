@@ -12,8 +12,11 @@ from meshware.cli.ca_cmd import ca
 from meshware.cli.config_cmds import apply, delete, get, history, rollback
 from meshware.cli.context import CliContext, out, report_errors
 from meshware.cli.demo_cmd import demo
+from meshware.cli.keys_cmd import keys
+from meshware.cli.rollout_cmd import rollout
 from meshware.cli.serve_cmd import serve
 from meshware.cli.status_cmd import status
+from meshware.cli.top_cmd import top
 from meshware.config.connection import DEFAULT_REDIS_URL, redact
 from meshware.config.keys import DEFAULT_MESH
 
@@ -70,8 +73,10 @@ def redis_cmd(port: int) -> None:
         server.close()
 
 
-for command in (apply, get, delete, history, rollback, status, demo, serve, ca):
+for command in (apply, get, delete, history, rollback, status, demo, serve, ca, keys):
     cli.add_command(command)
+cli.add_command(top)
+cli.add_command(rollout)
 
 
 def main() -> None:

@@ -49,11 +49,41 @@ from meshware.cli.context import report_errors
 )
 @click.option(
     "--mtls",
-    type=click.Choice(["strict", "disable"], case_sensitive=False),
+    type=click.Choice(["strict", "permissive", "disable"], case_sensitive=False),
     default=None,
     envvar="MESHWARE_MTLS",
-    help="Inbound mutual TLS: strict (client certificate required; the default with "
-    "--cert-dir) or disable. Env: MESHWARE_MTLS.",
+    help="Override the PeerAuthentication mode for this instance: strict (mutual TLS only), "
+    "permissive (mutual TLS and plaintext on the same port) or disable (plaintext). "
+    "Default: follow the PeerAuthentication resources (PERMISSIVE when none applies and "
+    "the instance has credentials). Env: MESHWARE_MTLS.",
+)
+@click.option(
+    "--spiffe-endpoint",
+    metavar="URL",
+    default=None,
+    envvar="MESHWARE_SPIFFE_ENDPOINT",
+    help="Take the workload credentials from the SPIFFE Workload API (a SPIRE agent) at URL, "
+    "e.g. unix:///run/spire/agent.sock, instead of --cert-dir, and keep them current as SPIRE "
+    "rotates them (mutual TLS as with --cert-dir). Needs meshware[spire]. "
+    "Env: MESHWARE_SPIFFE_ENDPOINT.",
+)
+@click.option(
+    "--ca-url",
+    metavar="URL",
+    default=None,
+    envvar="MESHWARE_CA_URL",
+    help="Take the workload certificate from the CA service (meshware ca serve) at URL, e.g. "
+    "https://ca:15012, and renew it while serving; written to --cert-dir if given, else to a "
+    "private temporary directory. Env: MESHWARE_CA_URL.",
+)
+@click.option(
+    "--join-token",
+    metavar="TOKEN",
+    default=None,
+    envvar="MESHWARE_JOIN_TOKEN",
+    help="The join token (meshware ca token) for the first certificate from --ca-url; not "
+    "needed when --cert-dir already holds a valid certificate. Prefer the environment "
+    "variable: a command line is visible to other users. Env: MESHWARE_JOIN_TOKEN.",
 )
 @click.pass_context
 @report_errors
@@ -69,6 +99,9 @@ def serve(
     advertise: str | None,
     cert_dir: Path | None,
     mtls: str | None,
+    spiffe_endpoint: str | None,
+    ca_url: str | None,
+    join_token: str | None,
 ) -> None:
     """Run MODULE:APP (ASGI under uvicorn, WSGI through a2wsgi) joined to the mesh.
 
@@ -88,10 +121,36 @@ def serve(
             "MESHWARE_MESH": root["mesh"],
         }
     )
+    if ca_url is not None and spiffe_endpoint is not None:
+        raise click.UsageError(
+            "--ca-url and --spiffe-endpoint both say where the workload credentials come "
+            "from: give one"
+        )
+    if spiffe_endpoint is not None:  # SPIRE writes the credentials, kept current while we serve
+        from meshware.security.spire import start_for_serve
+
+        cert_dir = start_for_serve(spiffe_endpoint, cert_dir=cert_dir).directory
+    # the app's own Mesh must not enroll again (nor see the token): this process renews
+    for name in ("MESHWARE_CA_URL", "MESHWARE_JOIN_TOKEN"):
+        os.environ.pop(name, None)
+    if ca_url is not None:  # enrolled here, in the parent: one token use for all workers
+        from meshware.cli.ca_cmd import log_to_stderr
+        from meshware.security.enroll import start_for_serve as enroll_for_serve
+
+        log_to_stderr("meshware.security")
+        cert_dir = enroll_for_serve(
+            ca_url,
+            service=service,
+            namespace=os.environ.get("MESHWARE_NAMESPACE") or "default",
+            join_token=join_token,
+            cert_dir=cert_dir,
+            redis_url=root["redis_url"],
+            mesh=root["mesh"],
+        ).directory
     if cert_dir is not None:
         os.environ["MESHWARE_CERT_DIR"] = str(cert_dir.resolve())
-    mode = (mtls or ("strict" if cert_dir is not None else "disable")).upper()
-    os.environ["MESHWARE_MTLS"] = mode
+    if mtls:
+        os.environ["MESHWARE_MTLS"] = mtls.upper()
     serve_target(target, host=host, port=port, workers=workers, admin_port=admin_port)
 
 

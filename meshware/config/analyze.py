@@ -7,7 +7,11 @@ Each resource has already been validated on its own; these checks need the whole
   host defines;
 - two VirtualServices claiming the same host (Istio leaves the merge undefined);
 - two DestinationRules for the same host and the same workloads;
-- a malformed ``meshware.io/sticky`` annotation on a VirtualService.
+- a malformed ``meshware.io/sticky`` annotation on a VirtualService;
+- a Rollout whose service has no VirtualService with a route to its stable or canary
+  subset, whose subsets no DestinationRule defines (or, with metrics, selects without a
+  ``version`` label), that asks for sticky cohorts the VirtualService does not define, or
+  that shares its service with another Rollout.
 
 Hosts are compared after :func:`canonical_host`, so ``reviews`` in namespace ``default`` and
 ``reviews.default.svc.cluster.local`` are the same host.
@@ -26,6 +30,12 @@ from meshware.config.model.networking import (
     StickyKey,
     VirtualService,
 )
+from meshware.config.model.rollout import (
+    Rollout,
+    managed_routes,
+    rollout_host,
+    virtual_service_for,
+)
 from meshware.config.parse.document import Document
 from meshware.errors import Problem
 
@@ -42,6 +52,8 @@ def analyze(resources: Sequence[Resource[Any]], origin: Origin) -> list[Problem]
     _check_virtual_service_hosts(virtual_services, report)
     _check_destination_rule_hosts(destination_rules, report)
     _check_sticky(virtual_services, report)
+    rollouts = [r for r in unique if isinstance(r, Rollout)]
+    _check_rollouts(rollouts, virtual_services, destination_rules, report)
     return report.problems
 
 
@@ -192,3 +204,79 @@ def _check_sticky(virtual_services: Sequence[VirtualService], report: _Reporter)
             StickyKey.parse(value)
         except ValueError as exc:
             report.add(vs, f"metadata.annotations.{STICKY_ANNOTATION}", str(exc))
+
+
+def _check_rollouts(
+    rollouts: Sequence[Rollout],
+    virtual_services: Sequence[VirtualService],
+    destination_rules: Sequence[DestinationRule],
+    report: _Reporter,
+) -> None:
+    owners: dict[str, Rollout] = {}
+    for rollout in rollouts:
+        spec = rollout.spec
+        host = rollout_host(rollout)
+        owner = owners.setdefault(host, rollout)
+        if owner is not rollout:
+            report.add(
+                rollout,
+                "spec.service",
+                f"service {host} is already rolled out by {report.where(owner)}; "
+                "one Rollout per service",
+            )
+        vs = virtual_service_for(rollout, list(virtual_services))
+        if vs is None:
+            report.add(
+                rollout,
+                "spec.service",
+                f"no VirtualService routes {host}; apply one that sends its traffic to subset "
+                f"{spec.stable_subset!r}",
+            )
+        elif not managed_routes(vs, rollout):
+            report.add(
+                rollout,
+                "spec.service",
+                f"{report.where(vs)} has no http route whose destinations are all subset "
+                f"{spec.stable_subset!r} or {spec.canary_subset!r} of {host}; the rollout "
+                "would have no traffic to shift",
+            )
+        elif spec.sticky_cohorts and vs.sticky is None:
+            report.add(
+                rollout,
+                "spec.stickyCohorts",
+                f"{report.where(vs)} has no meshware.io/sticky annotation; add one "
+                "(e.g. 'header:end-user') to keep users in their cohort",
+            )
+        _check_rollout_subsets(rollout, host, destination_rules, report)
+
+
+def _check_rollout_subsets(
+    rollout: Rollout,
+    host: str,
+    destination_rules: Sequence[DestinationRule],
+    report: _Reporter,
+) -> None:
+    spec = rollout.spec
+    rules = [rule for rule in destination_rules if _matches(rule.canonical_host, host)]
+    for field, name in (
+        ("spec.stableSubset", spec.stable_subset),
+        ("spec.canarySubset", spec.canary_subset),
+    ):
+        subset = next((s for r in rules for s in r.spec.subsets if s.name == name), None)
+        if subset is None:
+            defined = sorted({s.name for r in rules for s in r.spec.subsets})
+            where = f" (defined subsets: {', '.join(defined)})" if defined else ""
+            if not rules:
+                where = " (no DestinationRule has this host)"
+            report.add(
+                rollout,
+                field,
+                f"subset {name!r} is not defined by any DestinationRule for host {host}{where}",
+            )
+        elif spec.analysis.metrics and "version" not in subset.labels:
+            report.add(
+                rollout,
+                field,
+                f"subset {name!r} does not select a 'version' label; the analysis measures "
+                "each subset by the version its instances report",
+            )

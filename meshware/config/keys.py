@@ -51,5 +51,48 @@ class Keys:
         """Hash describing one live instance; expires unless heartbeats renew it."""
         return self.prefix + "instance:" + instance_id
 
+    @property
+    def rollout_lease(self) -> str:
+        """String ``"<fence>:<holder>"`` with a TTL: the rollout controller lease."""
+        return self.prefix + "rollout-lease"
+
+    @property
+    def rollout_fence(self) -> str:
+        """Counter incremented on every acquisition of the lease (the fencing token)."""
+        return self.prefix + "rollout-fence"
+
+    def rollout_state(self, namespace: str, name: str) -> str:
+        """String: one rollout's state as JSON, written only by the lease holder."""
+        return f"{self.prefix}rollout:{namespace}/{name}"
+
+    def rollout_history(self, namespace: str, name: str) -> str:
+        """List of JSON events of one rollout, newest first, trimmed."""
+        return f"{self.prefix}rollout-history:{namespace}/{name}"
+
+    def rollout_control(self, namespace: str, name: str) -> str:
+        """Hash of operator commands for one rollout (pause flag, promote/abort counters)."""
+        return f"{self.prefix}rollout-control:{namespace}/{name}"
+
+    @property
+    def rollout_events(self) -> str:
+        """Pub/sub channel: a rollout's state changed (a hint for watchers)."""
+        return self.prefix + "rollout-events"
+
+    def aggregate(self, window_start: int) -> str:
+        """Hash of the metrics aggregates of one window (format v1, see
+        :mod:`meshware.telemetry.aggregates`); expires by TTL."""
+        return f"{self.prefix}agg:v1:{window_start}"
+
+    @property
+    def trust_bundle(self) -> str:
+        """String: the CA's trust bundle (root certificates only, PEM), published by
+        ``meshware ca serve``. Informational: workloads take trust from the CA service."""
+        return self.prefix + "trust-bundle"
+
+    @property
+    def trust_bundle_events(self) -> str:
+        """Pub/sub channel: the trust bundle changed (message: its SHA-256); a hint to renew."""
+        return self.prefix + "trust-bundle-events"
+
 
 HISTORY_LIMIT = 100

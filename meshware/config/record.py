@@ -1,7 +1,9 @@
 """A stored config version: what ``meshware apply`` writes and instances read back.
 
 Redis holds the raw documents (as applied, JSON-normalised); instances validate them again
-on arrival, so a document written into Redis by hand cannot skip validation.
+on arrival, so a document written into Redis by hand cannot skip validation. A version may
+carry an operator's Ed25519 signature (``key_id``, ``signature``; see
+:mod:`meshware.security.signing`); instances that trust operator keys refuse it without one.
 """
 
 from __future__ import annotations
@@ -34,9 +36,14 @@ def canonical_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
+def documents_sha256(documents: Sequence[RawDocument]) -> str:
+    """The full SHA-256 (hex) of the documents' canonical JSON: what a signature covers."""
+    return hashlib.sha256(canonical_json(list(documents)).encode()).hexdigest()
+
+
 def digest_documents(documents: Sequence[RawDocument]) -> str:
-    """Content hash of a set of documents (order-independent after sorting by key)."""
-    return hashlib.sha256(canonical_json(list(documents)).encode()).hexdigest()[:16]
+    """Short content hash of a set of documents (a change detector, not a security check)."""
+    return documents_sha256(documents)[:16]
 
 
 def document_key(document: RawDocument) -> ResourceKey:
@@ -86,6 +93,14 @@ class ConfigRecord:
     summary: str = ""
     changes: tuple[tuple[str, str], ...] = field(default=())
     """(change, ``Kind/name``) pairs: created, configured, deleted."""
+    key_id: str = ""
+    """Id of the operator key that signed this version; empty when unsigned."""
+    signature: str = ""
+    """Base64 Ed25519 signature over :func:`~meshware.security.signing.signed_message`."""
+
+    @property
+    def signed(self) -> bool:
+        return bool(self.key_id or self.signature)
 
     @property
     def head(self) -> ConfigHead:
@@ -102,6 +117,8 @@ class ConfigRecord:
             "actor": self.actor,
             "summary": self.summary,
             "changes": canonical_json([list(c) for c in self.changes]),
+            "key_id": self.key_id,
+            "signature": self.signature,
         }
 
     def to_json(self) -> str:
@@ -125,6 +142,8 @@ class ConfigRecord:
                 actor=data.get("actor", ""),
                 summary=data.get("summary", ""),
                 changes=tuple((str(a), str(b)) for a, b in changes),
+                key_id=str(data.get("key_id") or ""),
+                signature=str(data.get("signature") or ""),
             )
         except (KeyError, TypeError) as exc:
             raise ValueError(f"malformed config record: missing or bad field {exc}") from None

@@ -4,6 +4,12 @@ Every change (apply, delete, rollback) is one optimistic transaction: WATCH the 
 version, build and validate the whole resulting mesh config, then atomically store it as the
 next version, push it onto the history, and publish a change event. Invalid config never
 reaches Redis; a concurrent writer makes us retry from the new current version.
+
+With an operator key (``signer``) every new version is signed inside the transaction. A signed
+change never builds on content it cannot vouch for: the version it starts from (the current
+one, or a rollback's target) must verify against the trusted keys (by default the signer's
+own), and the current version must be the newest one in the history. Otherwise an edit made
+straight in Redis would be laundered by the operator's next signature.
 """
 
 from __future__ import annotations
@@ -38,6 +44,12 @@ from meshware.errors import (
     ControlPlaneError,
     NotFoundError,
     Problem,
+)
+from meshware.security.signing import (
+    ConfigVerifier,
+    OperatorKey,
+    SigningError,
+    UntrustedConfigError,
 )
 
 _OUTPUT_ONLY_METADATA = (
@@ -116,7 +128,6 @@ def _summary(changes: Sequence[Change]) -> str:
     return ", ".join(f"{n} {action}" for action, n in sorted(counts.items())) or "no changes"
 
 
-# A mutation maps the current documents to (new documents, action name, touched keys).
 # A mutation maps the current head and record to (new documents, action, touched keys).
 Mutation = Callable[
     [ConfigHead | None, ConfigRecord | None],
@@ -127,14 +138,47 @@ Mutation = Callable[
 class ConfigStore:
     """Read and change the versioned config of one mesh in one Redis."""
 
-    def __init__(self, client: redis.Redis, *, mesh: str = "default", url: str = "redis") -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        mesh: str = "default",
+        url: str = "redis",
+        signer: OperatorKey | None = None,
+        trusted: ConfigVerifier | None = None,
+        adopt_unsigned: bool = False,
+    ) -> None:
+        """``signer`` signs every new version; ``trusted`` (default: the signer's own key)
+        decides which versions a signed change may start from; ``adopt_unsigned`` lets a
+        signed change start from an unsigned version once (switching a mesh to signed config).
+        """
         self.client = client
         self.keys = Keys(mesh)
         self.url = url
+        self.signer = signer
+        self.adopt_unsigned = adopt_unsigned
+        if trusted is None and signer is not None:
+            trusted = ConfigVerifier([signer.public], mesh=mesh)
+        self.trusted = trusted
 
     @classmethod
-    def from_url(cls, url: str, *, mesh: str = "default") -> ConfigStore:
-        return cls(sync_client(url), mesh=mesh, url=url)
+    def from_url(
+        cls,
+        url: str,
+        *,
+        mesh: str = "default",
+        signer: OperatorKey | None = None,
+        trusted: ConfigVerifier | None = None,
+        adopt_unsigned: bool = False,
+    ) -> ConfigStore:
+        return cls(
+            sync_client(url),
+            mesh=mesh,
+            url=url,
+            signer=signer,
+            trusted=trusted,
+            adopt_unsigned=adopt_unsigned,
+        )
 
     def close(self) -> None:
         self.client.close()
@@ -181,6 +225,17 @@ class ConfigStore:
             except ValueError:
                 continue
         return records
+
+    def newest_in_history(self) -> ConfigRecord | None:
+        """The newest history entry (the current version, unless Redis was edited by hand)."""
+        with translate_errors(self.url):
+            raw = self.client.lindex(self.keys.history, 0)
+        if raw is None:
+            return None
+        try:
+            return ConfigRecord.from_json(text(raw))
+        except ValueError:
+            return None
 
     def version(self, number: int) -> ConfigRecord:
         head = self.head()
@@ -252,9 +307,63 @@ class ConfigStore:
             )
             if record is None:
                 raise NotFoundError(f"config version {target} is not in the history")
+            self._check_base(record, f"v{target} in the history")
             return list(record.documents), f"rollback to v{target}", None
 
-        return self._change(mutate, dry_run=dry_run, actor=actor, tolerate_unreadable=True)
+        return self._change(
+            mutate, dry_run=dry_run, actor=actor, tolerate_unreadable=True, check_current=False
+        )
+
+    def change(
+        self, mutate: Mutation, *, actor: str | None = None, watch: Sequence[str] = ()
+    ) -> ChangeResult:
+        """A custom change in one optimistic transaction: ``mutate(head, current)`` returns
+        (documents, action, touched keys) and may raise to abort; it runs between the WATCH
+        and the commit, so what it checked still holds when the version is stored. Redis keys
+        in ``watch`` are watched too: a change to any of them retries the whole transaction
+        (the rollout controller watches its lease, so a deposed leader never commits)."""
+        return self._change(mutate, dry_run=False, actor=actor, watch=watch)
+
+    def _check_base(self, record: ConfigRecord, what: str) -> None:
+        """With a signer: refuse to build a signed version on ``record`` unless it verifies."""
+        if self.signer is None or self.trusted is None:
+            return
+        if not record.signed and self.adopt_unsigned:
+            return
+        try:
+            self.trusted.check_signature(record)
+        except UntrustedConfigError as exc:
+            if not record.signed:
+                hint = (
+                    "check it ('meshware get -o yaml') and pass --adopt-unsigned to sign on top "
+                    "of it this once (switching the mesh to signed config)"
+                )
+            else:
+                hint = (
+                    "it may have been edited straight in Redis: restore a verified version with "
+                    "'meshware rollback --to N' (see 'meshware history'), or, after a key "
+                    "rotation, trust the key that signed it (--trusted-keys / "
+                    "MESHWARE_TRUSTED_KEYS)"
+                )
+            raise SigningError(
+                f"refusing to sign a change on top of {what}: {exc}; nothing was stored. {hint}"
+            ) from None
+
+    def _check_current(self, current: ConfigRecord, newest: ConfigRecord | None) -> None:
+        self._check_base(current, f"the current config v{current.version}")
+        if self.signer is None or newest is None:
+            return
+        if (newest.epoch, newest.version, newest.signature) != (
+            current.epoch,
+            current.version,
+            current.signature,
+        ):
+            raise SigningError(
+                f"refusing to sign a change on top of the current config v{current.version}: it "
+                f"is not the newest stored version (the history starts with v{newest.version}), "
+                "so it was written into Redis by hand (an old version copied back?); nothing was "
+                f"stored. Restore the version you want with 'meshware rollback --to N'"
+            )
 
     def _change(
         self,
@@ -264,11 +373,13 @@ class ConfigStore:
         actor: str | None,
         origins: Mapping[ResourceKey, Document] | None = None,
         tolerate_unreadable: bool = False,
+        check_current: bool = True,
+        watch: Sequence[str] = (),
     ) -> ChangeResult:
         for _ in range(_MAX_ATTEMPTS):
             with translate_errors(self.url), self.client.pipeline(transaction=True) as pipe:
                 try:
-                    pipe.watch(self.keys.config)  # type: ignore[no-untyped-call]
+                    pipe.watch(self.keys.config, *watch)  # type: ignore[no-untyped-call]
                     head = self.head()
                     try:
                         current = self.current()
@@ -278,6 +389,9 @@ class ConfigStore:
                                 f"{exc}; restore a good version with 'meshware rollback'"
                             ) from exc
                         current = None
+                    newest = self.newest_in_history()
+                    if check_current and current is not None:
+                        self._check_current(current, newest)
                     documents, action, touched = mutate(head, current)
                     documents = sort_documents(documents)
                     config = self._validate(documents, current, origins or {})
@@ -288,7 +402,7 @@ class ConfigStore:
                         return ChangeResult(changes, None, current, config)
                     record = ConfigRecord(
                         epoch=head.epoch if head else new_epoch(),
-                        version=(head.version + 1) if head else 1,
+                        version=_next_version(head, newest),
                         documents=documents,
                         digest=digest_documents(documents),
                         created_at=time.time(),
@@ -299,6 +413,8 @@ class ConfigStore:
                             (c.action, c.key.ref) for c in changes if c.action != "unchanged"
                         ),
                     )
+                    if self.signer is not None:
+                        record = self.signer.sign_record(record, self.keys.mesh)
                     pipe.multi()
                     pipe.delete(self.keys.config)
                     pipe.hset(self.keys.config, mapping=for_hset(record.to_hash()))
@@ -331,6 +447,19 @@ class ConfigStore:
             else:
                 docs.append(Document(body, stored_as, i))
         return parse_documents(docs)
+
+
+def _next_version(head: ConfigHead | None, newest: ConfigRecord | None) -> int:
+    """One above the current version and above the newest history entry of the same epoch.
+
+    They agree unless the current hash was overwritten by hand (say with an old version): the
+    next version must still be newer than anything instances may hold, or they would refuse it
+    as a replay.
+    """
+    if head is None:
+        return 1
+    stored = newest.version if newest is not None and newest.epoch == head.epoch else 0
+    return max(head.version, stored) + 1
 
 
 EVENT_INLINE_LIMIT = 64 * 1024

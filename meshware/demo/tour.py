@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.live import Live
 
 from meshware.config.parse import load_files
-from meshware.config.record import canonical_json
+from meshware.config.record import canonical_json, digest_documents
 from meshware.config.registry import InstanceStatus, list_instances
 from meshware.config.store import ConfigStore
 from meshware.config.watch import compile_documents
@@ -47,14 +47,18 @@ class Step:
     title: str
     explanation: str
     users: tuple[tuple[str, dict[str, str], int], ...] = ()  # (label, headers, share)
+    also: tuple[str, ...] = ()
+    """More manifests applied in the same version."""
 
 
 STEPS: tuple[Step, ...] = (
     Step(
         "destination-rule-all.yaml",
-        "DestinationRules",
+        "DestinationRules and access logs",
         "Subsets v1, v2, v3 name each service's instances by their version label; "
-        "nothing moves until a VirtualService routes to them.",
+        "nothing moves until a VirtualService routes to them. A mesh-wide Telemetry turns "
+        "access logs on: one JSON line per request in each service's log.",
+        also=("telemetry-access-logging.yaml",),
     ),
     Step(
         "virtual-service-reviews-90-10.yaml",
@@ -171,13 +175,15 @@ class Tour:
         return tuple(result)
 
     def apply(self, number: int, step: Step) -> None:
-        path = self.manifests / step.manifest
+        names = (step.manifest, *step.also)
+        files = " ".join(f"-f {name}" for name in names)
         self.console.print(
-            f"\n[bold cyan]Step {number}[/] [bold]{step.title}[/]   meshware apply -f {step.manifest}",
+            f"\n[bold cyan]Step {number}[/] [bold]{step.title}[/]   meshware apply {files}",
             highlight=False,
         )
         self.console.print(f"  {step.explanation}", highlight=False, style="dim")
-        result = self.store.apply(load_files([path]), actor="meshware demo")
+        paths = [self.manifests / name for name in names]
+        result = self.store.apply(load_files(paths), actor="meshware demo")
         version = result.record.version if result.record else self.store.head().version  # type: ignore[union-attr]
         ms = self.wait_state("SYNCED")
         self.console.print(
@@ -251,15 +257,17 @@ class Tour:
         self.bad_config(len(STEPS) + 1)
 
     def bad_config(self, number: int) -> None:
-        """A tampered version written straight into Redis: NACKed, traffic unaffected, rolled back."""
+        """A forged version written straight into Redis: NACKed, traffic unaffected, rolled back."""
         self.console.print(
-            f"\n[bold cyan]Step {number}[/] [bold]a bad config[/]   written straight into Redis, "
-            "bypassing meshware apply",
+            f"\n[bold cyan]Step {number}[/] [bold]a forged config[/]   written straight into "
+            "Redis, bypassing meshware apply",
             highlight=False,
         )
         self.console.print(
-            "  The reviews weight is set to 250: every instance validates it, NACKs it and keeps "
-            "serving the last good version; meshware rollback then restores it.",
+            "  Someone with write access to Redis reroutes everyone else to reviews v1: a valid "
+            "route, but not signed by the operator's key. Every instance checks the signature "
+            "first, NACKs it and keeps serving the last good version; a signed meshware rollback "
+            "then restores it.",
             highlight=False,
             style="dim",
         )
@@ -271,14 +279,16 @@ class Tour:
             docs = json.loads(str(client.hget(self.store.keys.config, "documents") or "[]"))
             for doc in docs:
                 if doc.get("kind") == "VirtualService" and doc["metadata"]["name"] == "reviews":
-                    doc["spec"]["http"][-1]["route"][0]["weight"] = 250
+                    doc["spec"]["http"][-1]["route"][0]["destination"]["subset"] = "v1"
             bad = good.version + 1
+            digest = digest_documents(docs)  # a careful forger keeps the hash consistent
             client.hset(
                 self.store.keys.config,
-                mapping={"version": str(bad), "documents": json.dumps(docs), "digest": "tampered"},
+                mapping={"version": str(bad), "documents": canonical_json(docs), "digest": digest},
             )
             client.publish(
-                self.store.keys.events, canonical_json({"epoch": good.epoch, "version": bad})
+                self.store.keys.events,
+                canonical_json({"epoch": good.epoch, "version": bad, "digest": digest}),
             )
         finally:
             client.close()

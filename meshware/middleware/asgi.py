@@ -2,9 +2,12 @@
 
 Per HTTP request it builds the :class:`~meshware.middleware.context.RequestContext` from the
 request headers, sets it for the request's task (tasks the app spawns inherit it), counts the
-request in flight for graceful draining, records a SERVER span when the request is sampled,
-and, while the instance drains, asks clients to close their connection. Websocket and lifespan scopes pass through untouched; the response is
-never buffered.
+request in flight for graceful draining, records Istio's golden metrics as the destination
+(the caller's workload metadata header is taken out of the request and, for a mesh caller,
+answered with this workload's; see :mod:`meshware.telemetry.peers`), records a SERVER span
+when the request is sampled, and, while the instance drains, asks clients to close their
+connection. Websocket and lifespan scopes pass through untouched; the response is never
+buffered.
 
     app.add_middleware(MeshMiddleware, mesh=mesh)
 """
@@ -21,6 +24,8 @@ from meshware.middleware.authorize import asgi_request, deny_asgi
 from meshware.middleware.context import RequestContext, current_context, from_headers
 from meshware.security.paths import normalize_path
 from meshware.security.peer import FORGEABLE_HEADER, from_scope
+from meshware.telemetry.access_log import Direction, inbound_values
+from meshware.telemetry.peers import PEER_HEADER, parse_peer
 from meshware.telemetry.spans import server_span
 
 Scope = MutableMapping[str, Any]
@@ -36,11 +41,14 @@ _WANTED = frozenset(
         "baggage",
         "x-request-id",
         "x-meshware-deadline-ms",
+        "content-length",
         FORGEABLE_HEADER,
+        PEER_HEADER,
     }
 )
 _WANTED_BYTES = frozenset(name.encode() for name in _WANTED)
-_FORGEABLE = FORGEABLE_HEADER.encode()
+_REMOVED = frozenset({FORGEABLE_HEADER.encode(), PEER_HEADER.encode()})
+"""Request headers the application never sees: a forgeable identity, the peer metadata."""
 _JOINED = frozenset({"traceparent", "tracestate", "baggage"})
 """Headers whose repeated fields are joined with commas, as WSGI servers do: ``tracestate`` and
 ``baggage`` are lists; ``traceparent`` is not, so two of them make it invalid (a new trace)."""
@@ -80,17 +88,61 @@ class MeshMiddleware:
                     found[name] = raw_value.decode("latin-1")
                 elif name in _JOINED:  # repeated fields, joined in order (RFC 9110 §5.3)
                     found[name] = f"{found[name]},{raw_value.decode('latin-1')}"
+        start = time.perf_counter()
         tracer = mesh.tracer
         peer = from_scope(scope)
         context = from_headers(found, sticky_headers=sticky, sample=tracer.samples, peer=peer)
-        if FORGEABLE_HEADER in found:  # only the TLS connection says who the caller is
-            scope["headers"] = [h for h in scope["headers"] if h[0].lower() != _FORGEABLE]
+        caller = found.get(PEER_HEADER)
+        if caller is not None or FORGEABLE_HEADER in found:
+            # only the TLS connection says who the caller is; the metadata is the mesh's
+            scope["headers"] = [h for h in scope["headers"] if h[0].lower() not in _REMOVED]
+        meter = mesh.metrics.inbound
+        edge = meter.edge(parse_peer(caller), peer)
+        length = found.get("content-length")
+        received = int(length) if length is not None and length.isdigit() else 0
+        reply = meter.response_header if caller is not None else None
+        status: int | None = None
+        sent = 0
+
+        async def metered(message: Message) -> None:
+            nonlocal status, sent
+            kind = message["type"]
+            if kind == "http.response.body":
+                sent += len(message.get("body", b""))
+            elif kind == "http.response.start":
+                status = message["status"]
+                if reply is not None:  # a mesh caller learns whom it reached
+                    message = {**message, "headers": [*message.get("headers", ()), reply]}
+            await send(message)
+
+        logged = mesh.access_log.policy.inbound
+        original = _original_path(scope) if logged is not None else ""
+        audit = False
         authorizer = mesh.authorizer
         if not authorizer.empty:
             request = asgi_request(scope, peer, authorizer.header_names)
             verdict = authorizer.check(request)
+            audit = verdict.audit
             if not verdict.allowed:
-                await deny_asgi(send, verdict)
+                try:
+                    await deny_asgi(metered, verdict)
+                finally:
+                    elapsed = time.perf_counter() - start
+                    meter.record(edge, status, elapsed, received, sent)
+                    if logged is not None:
+                        _log(
+                            mesh,
+                            logged,
+                            scope,
+                            original,
+                            context,
+                            peer,
+                            status,
+                            elapsed,
+                            received,
+                            sent,
+                            audit,
+                        )
                 return
             normalized = normalize_path(request.path)
             if normalized is not None:  # the app routes what was authorized
@@ -101,16 +153,38 @@ class MeshMiddleware:
             scope["headers"] = [*scope["headers"], (b"x-request-id", context.request_id.encode())]
         token = current_context.set(context)
         mesh.request_started()
+        if mesh.draining:
+            send = _closing(send)
+        failed = False
         try:
-            if mesh.draining:
-                send = _closing(send)
             if context.flags & 1 and tracer.enabled:
-                await self._traced(scope, receive, send, context)
+                await self._traced(scope, receive, metered, context)
             else:
-                await self.app(scope, receive, send)
+                await self.app(scope, receive, metered)
+        except Exception:
+            failed = True  # the server answers 500 unless a response was started
+            raise
         finally:
             mesh.request_finished()
             current_context.reset(token)
+            if status is None and failed:
+                status = 500
+            elapsed = time.perf_counter() - start
+            meter.record(edge, status, elapsed, received, sent)
+            if logged is not None:
+                _log(
+                    mesh,
+                    logged,
+                    scope,
+                    original,
+                    context,
+                    peer,
+                    status,
+                    elapsed,
+                    received,
+                    sent,
+                    audit,
+                )
 
     async def _traced(
         self, scope: Scope, receive: Receive, send: Send, context: RequestContext
@@ -146,6 +220,58 @@ class MeshMiddleware:
                 error=error,
                 peer=client[0] if client else None,
             )
+
+
+def _original_path(scope: Scope) -> str:
+    """The request target as the client sent it (before normalisation for authorization)."""
+    raw = scope.get("raw_path")
+    path = raw.decode("latin-1") if raw else scope.get("path", "")
+    query = scope.get("query_string")
+    return f"{path}?{query.decode('latin-1')}" if query else path
+
+
+def _log(
+    mesh: Mesh,
+    direction: Direction,
+    scope: Scope,
+    path: str,
+    context: RequestContext,
+    principal: str | None,
+    status: int | None,
+    elapsed: float,
+    received: int,
+    sent: int,
+    audit: bool,
+) -> None:
+    """Write the access log line of an inbound request (only called when logging is on)."""
+    headers: dict[str, str] = {}
+    for raw_name, raw_value in scope["headers"]:
+        name, value = raw_name.decode("latin-1").lower(), raw_value.decode("latin-1")
+        headers[name] = f"{headers[name]},{value}" if name in headers else value
+    client, server = scope.get("client"), scope.get("server")
+    values = inbound_values(
+        elapsed=elapsed,
+        method=scope["method"],
+        path=path,
+        protocol=f"HTTP/{scope.get('http_version', '1.1')}",
+        status=status,
+        received=received,
+        sent=sent,
+        headers=headers,
+        request_id=context.request_id,
+        trace_id=context.trace_id,
+        principal=principal,
+        client=f"{client[0]}:{client[1]}" if client else None,
+        server=f"{server[0]}:{server[1]}" if server else None,
+        audit=audit,
+    )
+    mesh.access_log.emit(
+        direction,
+        values,
+        headers,
+        scheme=scope.get("scheme", "http"),
+        sampled=bool(context.flags & 1),
+    )
 
 
 def _closing(send: Send) -> Send:

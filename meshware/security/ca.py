@@ -5,8 +5,12 @@ Layout of a CA directory (``meshware ca init --dir DIR``)::
     ca.json          trust domain and file names
     root-cert.pem    the root certificate(s) workloads trust: the trust bundle
     root-key.pem     the root key (0600), only when meshware generated the root
-    ca-cert.pem      the signing intermediate, issued by the root
+    ca-cert.pem      the signing intermediate, issued by a root of the bundle
     ca-key.pem       its key (0600)
+
+(The signing service, join tokens and root rotation add files of their own: see
+:mod:`meshware.security.ca_service`, :mod:`meshware.security.tokens` and
+:mod:`meshware.security.rotation`.)
 
 Workload certificates (X.509-SVIDs) carry exactly one URI SAN, the workload's SPIFFE ID, are
 valid for both TLS client and server authentication, and are short-lived (24 h by default).
@@ -17,13 +21,16 @@ Keys are ECDSA P-256: fast handshakes, small certificates. Every key file is cre
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import os
+import secrets
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -32,15 +39,28 @@ from meshware.errors import MeshwareError
 from meshware.security.identity import SpiffeId
 
 __all__ = [
+    "CA_SERVICE_ACCOUNT",
+    "CA_SERVICE_NAMESPACE",
     "DEFAULT_TRUST_DOMAIN",
+    "CAError",
+    "CSRError",
     "CertificateAuthority",
     "Credentials",
+    "Hierarchy",
+    "certificates_pem",
+    "check_issued_by",
+    "csr_public_key",
+    "fingerprint",
     "load_pem_certificates",
+    "make_hierarchy",
     "write_credentials",
     "write_private",
 ]
 
 DEFAULT_TRUST_DOMAIN = "cluster.local"
+CA_SERVICE_NAMESPACE = "meshware-system"
+CA_SERVICE_ACCOUNT = "meshware-ca"
+"""The signing service's own identity: ``spiffe://<td>/ns/meshware-system/sa/meshware-ca``."""
 ROOT_TTL = dt.timedelta(days=3650)
 INTERMEDIATE_TTL = dt.timedelta(days=365)
 WORKLOAD_TTL = dt.timedelta(hours=24)
@@ -52,6 +72,10 @@ PrivateKey = ec.EllipticCurvePrivateKey
 
 class CAError(MeshwareError):
     """The CA directory is missing, incomplete or unreadable, or a request to it is invalid."""
+
+
+class CSRError(CAError):
+    """A certificate signing request is malformed, badly signed or has an unsupported key."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +126,16 @@ def load_pem_certificates(data: bytes) -> list[x509.Certificate]:
         return x509.load_pem_x509_certificates(data)
     except ValueError as exc:
         raise CAError(f"not a PEM certificate file: {exc}") from None
+
+
+def fingerprint(certificate: x509.Certificate) -> str:
+    """SHA-256 of the certificate's DER encoding, in hex (what a join token pins)."""
+    return hashlib.sha256(certificate.public_bytes(serialization.Encoding.DER)).hexdigest()
+
+
+def certificates_pem(certificates: list[x509.Certificate]) -> bytes:
+    """Certificates re-encoded as PEM: whatever else the input held (keys, comments) is gone."""
+    return b"".join(cert_pem(c) for c in certificates)
 
 
 def _atomic_write(path: Path, data: bytes, mode: int) -> None:
@@ -186,6 +220,111 @@ def _ca_certificate(
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Hierarchy:
+    """A root and the signing intermediate it issued, as PEM (``root_key_pem`` is None when
+    the root is the operator's: its key is never kept)."""
+
+    root_cert_pem: bytes
+    root_key_pem: bytes | None
+    intermediate_cert_pem: bytes
+    intermediate_key_pem: bytes
+
+    def write(self, directory: Path) -> None:
+        """The four files of a CA directory (keys 0600), bundle = this root only."""
+        if self.root_key_pem is not None:
+            write_private(directory / "root-key.pem", self.root_key_pem)
+        write_public(directory / "root-cert.pem", self.root_cert_pem)
+        write_private(directory / "ca-key.pem", self.intermediate_key_pem)
+        write_public(directory / "ca-cert.pem", self.intermediate_cert_pem)
+
+
+def make_hierarchy(
+    trust_domain: str, *, root_cert: bytes | None = None, root_key: bytes | None = None
+) -> Hierarchy:
+    """A new root (or the operator's ``root_cert``/``root_key``) and a new intermediate.
+
+    Every CA gets a name with a random tag, so the old and the new root of a rotation (and
+    their intermediates) never share a subject name in one trust bundle.
+    """
+    if (root_cert is None) != (root_key is None):
+        raise CAError("--root-cert and --root-key go together")
+    tag = secrets.token_hex(4)
+    if root_cert is not None and root_key is not None:
+        root = load_pem_certificates(root_cert)[0]
+        try:
+            loaded = serialization.load_pem_private_key(root_key, password=None)
+        except (ValueError, TypeError) as exc:
+            raise CAError(f"the operator's root key does not load: {exc}") from None
+        if not isinstance(loaded, ec.EllipticCurvePrivateKey):
+            raise CAError("the operator's root key must be an EC key (P-256 or P-384)")
+        root_signing_key = loaded
+        if root.public_key() != loaded.public_key():
+            raise CAError("the root key does not belong to the root certificate")
+        own_root_key: bytes | None = None
+    else:
+        root_signing_key = new_key()
+        name = _name(f"meshware root CA ({trust_domain}, {tag})")
+        root = _ca_certificate(
+            name,
+            root_signing_key.public_key(),
+            name,
+            root_signing_key,
+            ROOT_TTL,
+            path_length=1,
+            issuer_public_key=root_signing_key.public_key(),
+        )
+        own_root_key = key_pem(root_signing_key)
+    root_public = root.public_key()
+    if not isinstance(root_public, ec.EllipticCurvePublicKey):
+        raise CAError("the root certificate must have an EC key")
+    intermediate_key = new_key()
+    intermediate = _ca_certificate(
+        _name(f"meshware intermediate CA ({trust_domain}, {tag})"),
+        intermediate_key.public_key(),
+        root.subject,
+        root_signing_key,
+        INTERMEDIATE_TTL,
+        path_length=0,
+        issuer_public_key=root_public,
+    )
+    return Hierarchy(
+        cert_pem(root), own_root_key, cert_pem(intermediate), key_pem(intermediate_key)
+    )
+
+
+def csr_public_key(csr_pem: bytes) -> ec.EllipticCurvePublicKey:
+    """The public key of a PEM certificate signing request, once its signature verifies.
+
+    The signature proves the requester holds the private key; nothing else in the CSR is
+    used: the identity is the signer's to decide (a join token's subject, a verified client
+    certificate), never the names the CSR asks for.
+    """
+    try:
+        csr = x509.load_pem_x509_csr(csr_pem)
+    except ValueError as exc:
+        raise CSRError(f"not a PEM certificate signing request: {exc}") from None
+    public_key = csr.public_key()
+    if not isinstance(public_key, ec.EllipticCurvePublicKey) or not isinstance(
+        public_key.curve, (ec.SECP256R1, ec.SECP384R1)
+    ):
+        raise CSRError("the CSR's key must be an EC key on P-256 or P-384")
+    if not csr.is_signature_valid:
+        raise CSRError("the CSR's signature does not verify with its public key")
+    return public_key
+
+
+def check_issued_by(certificate: x509.Certificate, issuers: list[x509.Certificate]) -> bool:
+    """True when one of ``issuers`` signed ``certificate`` (names and signature checked)."""
+    for issuer in issuers:
+        try:
+            certificate.verify_directly_issued_by(issuer)
+        except (ValueError, TypeError, InvalidSignature):
+            continue
+        return True
+    return False
+
+
 class CertificateAuthority:
     """A CA directory, loaded: issues workload certificates with its intermediate."""
 
@@ -219,52 +358,15 @@ class CertificateAuthority:
         if (path / "ca.json").exists():
             raise CAError(f"{path} already holds a CA (ca.json); refusing to overwrite it")
         SpiffeId(trust_domain, "default", "probe")  # validates the trust domain
-        if (root_cert is None) != (root_key is None):
-            raise CAError("--root-cert and --root-key go together")
-        if root_cert is not None and root_key is not None:
-            root = load_pem_certificates(root_cert)[0]
-            loaded = serialization.load_pem_private_key(root_key, password=None)
-            if not isinstance(loaded, ec.EllipticCurvePrivateKey):
-                raise CAError("the operator's root key must be an EC key (P-256 or P-384)")
-            root_signing_key = loaded
-            if root.public_key() != loaded.public_key():
-                raise CAError("the root key does not belong to the root certificate")
-            own_root = False
-        else:
-            root_signing_key = new_key()
-            name = _name(f"meshware root CA ({trust_domain})")
-            root = _ca_certificate(
-                name,
-                root_signing_key.public_key(),
-                name,
-                root_signing_key,
-                ROOT_TTL,
-                path_length=1,
-                issuer_public_key=root_signing_key.public_key(),
-            )
-            own_root = True
-        root_public = root.public_key()
-        if not isinstance(root_public, ec.EllipticCurvePublicKey):
-            raise CAError("the root certificate must have an EC key")
-        intermediate_key = new_key()
-        intermediate = _ca_certificate(
-            _name(f"meshware intermediate CA ({trust_domain})"),
-            intermediate_key.public_key(),
-            root.subject,
-            root_signing_key,
-            INTERMEDIATE_TTL,
-            path_length=0,
-            issuer_public_key=root_public,
-        )
+        hierarchy = make_hierarchy(trust_domain, root_cert=root_cert, root_key=root_key)
         path.mkdir(parents=True, exist_ok=True)
-        if own_root:
-            write_private(path / "root-key.pem", key_pem(root_signing_key))
-        write_public(path / "root-cert.pem", cert_pem(root))
-        write_private(path / "ca-key.pem", key_pem(intermediate_key))
-        write_public(path / "ca-cert.pem", cert_pem(intermediate))
+        hierarchy.write(path)
         write_public(
             path / "ca.json",
-            json.dumps({"trust_domain": trust_domain, "own_root": own_root}, indent=2).encode(),
+            json.dumps(
+                {"trust_domain": trust_domain, "own_root": hierarchy.root_key_pem is not None},
+                indent=2,
+            ).encode(),
         )
         return cls.load(path)
 
@@ -286,13 +388,21 @@ class CertificateAuthority:
             raise CAError(f"{path}: unreadable CA files: {exc}") from None
         if not isinstance(key, ec.EllipticCurvePrivateKey):
             raise CAError(f"{path / 'ca-key.pem'}: not an EC key")
-        load_pem_certificates(bundle)
+        if key.public_key() != intermediate.public_key():
+            raise CAError(f"{path}: ca-key.pem does not belong to ca-cert.pem")
+        if not check_issued_by(intermediate, load_pem_certificates(bundle)):
+            raise CAError(f"{path}: no root in root-cert.pem issued ca-cert.pem")
         return cls(path, str(meta["trust_domain"]), intermediate, key, bundle)
 
     # -- issuing ------------------------------------------------------------------------------
 
     def identity(self, service: str, namespace: str = "default") -> SpiffeId:
         return SpiffeId(self.trust_domain, namespace, service)
+
+    @property
+    def service_identity(self) -> SpiffeId:
+        """The signing service's own identity (never granted to a workload)."""
+        return SpiffeId(self.trust_domain, CA_SERVICE_NAMESPACE, CA_SERVICE_ACCOUNT)
 
     def sign(
         self,
@@ -340,6 +450,13 @@ class CertificateAuthority:
             .sign(self._key, hashes.SHA256())
         )
         return cert_pem(leaf) + cert_pem(self.intermediate)
+
+    def sign_csr(
+        self, identity: SpiffeId, csr_pem: bytes, *, ttl: dt.timedelta = WORKLOAD_TTL
+    ) -> bytes:
+        """A workload certificate for ``identity`` and the key of a PEM CSR (see
+        :func:`csr_public_key`); returns leaf + intermediate."""
+        return self.sign(identity, csr_public_key(csr_pem), ttl=ttl)
 
     def issue(
         self,

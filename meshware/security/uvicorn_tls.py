@@ -39,8 +39,8 @@ def check_uvicorn(version: str = uvicorn.__version__) -> None:
     low, high = TESTED
     if not low <= parts < high:
         raise MeshwareError(
-            f"mutual TLS serving supports uvicorn {low[0]}.{low[1]} to before "
-            f"{high[0]}.{high[1]}, found {version}"
+            f"meshware serve (mutual TLS, PeerAuthentication) supports uvicorn "
+            f"{low[0]}.{low[1]} to before {high[0]}.{high[1]}, found {version}"
         )
 
 

@@ -35,12 +35,14 @@ from meshware.telemetry.cel import Predicate, compile_filter
 from meshware.telemetry.policy import ROOT_NAMESPACE
 
 __all__ = [
+    "AccessLog",
     "AccessLogPolicy",
     "AccessLogSink",
     "Direction",
     "access_log_policy",
     "filter_attributes",
     "format_line",
+    "inbound_values",
 ]
 
 log = logging.getLogger("meshware.telemetry")
@@ -67,6 +69,7 @@ FIELDS = (
     "direction",
     "trace_id",
     "source_principal",
+    "upstream_principal",
     "audit",
 )
 """Every line carries these keys, in this order (``null`` when a value does not apply)."""
@@ -250,3 +253,93 @@ class AccessLogSink:
         if not self._warned:
             self._warned = True
             log.warning("access log lines are being dropped: %s", exc)
+
+
+class AccessLog:
+    """An instance's access logging: the policy of the applied config (swapped on every
+    change) and its sink. The request path checks ``policy.inbound``/``policy.outbound``
+    (one attribute read) and only builds a line when the direction is on."""
+
+    __slots__ = ("policy", "sink")
+
+    def __init__(self, sink: AccessLogSink) -> None:
+        self.policy = OFF
+        self.sink = sink
+
+    def emit(
+        self,
+        direction: Direction,
+        values: dict[str, Any],
+        headers: Mapping[str, str],
+        *,
+        scheme: str = "http",
+        sampled: bool = False,
+    ) -> None:
+        """Write ``values`` (see :data:`FIELDS`) if ``direction``'s filters let it through."""
+        if direction.filters:
+            attributes = filter_attributes(
+                method=values.get("method") or "",
+                path=values.get("path") or "",
+                host=values.get("authority") or "",
+                scheme=scheme,
+                protocol=values.get("protocol") or "",
+                headers=headers,
+                code=int(values.get("response_code") or 0),
+                flags=values.get("response_flags") or "",
+                request_size=int(values.get("bytes_received") or 0),
+                response_size=int(values.get("bytes_sent") or 0),
+                duration_ms=float(values.get("duration") or 0),
+                source_address=values.get("downstream_remote_address") or "",
+                source_principal=values.get("source_principal"),
+                upstream_address=values.get("upstream_host"),
+                sampled=sampled,
+                direction=values.get("direction") or "",
+            )
+            if not direction.wants(attributes):
+                return
+        self.sink.write(values)
+
+
+def inbound_values(
+    *,
+    elapsed: float,
+    method: str,
+    path: str,
+    protocol: str,
+    status: int | None,
+    received: int,
+    sent: int,
+    headers: Mapping[str, str],
+    request_id: str,
+    trace_id: str,
+    principal: str | None,
+    client: str | None,
+    server: str | None,
+    audit: bool,
+) -> dict[str, Any]:
+    """The line of an inbound request (ASGI and WSGI alike), Istio's names for the inbound
+    side: ``upstream_cluster`` ``inbound|PORT||``, ``upstream_host`` the app's own address."""
+    port = server.rpartition(":")[2] if server else ""
+    return {
+        "start_time": time.time() - elapsed,
+        "method": method,
+        "path": path,
+        "protocol": protocol,
+        "response_code": status or 0,
+        "response_flags": "" if status is not None else "DC",
+        "bytes_received": received,
+        "bytes_sent": sent,
+        "duration": int(elapsed * 1000),
+        "x_forwarded_for": headers.get("x-forwarded-for"),
+        "user_agent": headers.get("user-agent"),
+        "request_id": request_id,
+        "authority": headers.get("host"),
+        "upstream_host": server,
+        "upstream_cluster": f"inbound|{port}||" if port else None,
+        "downstream_remote_address": client,
+        "route_name": "default",
+        "direction": "inbound",
+        "trace_id": trace_id,
+        "source_principal": principal,
+        "audit": audit,
+    }

@@ -1,13 +1,14 @@
 """The spans of one outbound call: a CLIENT span for the logical request, one child per attempt.
 
-The transports drive a :class:`ClientCall` at fixed points of their attempt loop (attempt
-started, attempt ended, call finished). For a request that is not sampled they get
-:data:`UNTRACED`, whose methods do nothing, so the loop has no tracing branches and an
-unsampled call allocates nothing for tracing.
+A :class:`ClientCall` exists only for a sampled request (:func:`client_span`), so an
+unsampled call allocates nothing for tracing. Each attempt has its own span id and the
+upstream request carries it as the parent in its ``traceparent``: the callee's SERVER span
+hangs under the attempt that reached it, so a retried call shows which attempt failed, where,
+and why.
 
-Each attempt has its own span id and the upstream request carries it as the parent in its
-``traceparent``: the callee's SERVER span hangs under the attempt that reached it, so a
-retried call shows which attempt failed, where, and why.
+The transports drive every call, sampled or not, through
+:class:`~meshware.telemetry.calls.OutboundCall`, which holds a :class:`ClientCall` for a
+sampled one and hands it the call's response flags (:mod:`meshware.telemetry.flags`).
 """
 
 from __future__ import annotations
@@ -17,12 +18,11 @@ from typing import Any
 
 import httpx
 
-from meshware.errors import NoHealthyUpstreamError, UpstreamOverflowError, UpstreamTimeoutError
 from meshware.middleware.context import KNOWN_FLAGS, RequestContext, new_id
 from meshware.routing.table import RouteDecision
 from meshware.telemetry.tracing import SpanKind, Tracer
 
-__all__ = ["UNTRACED", "Call", "ClientCall", "client_call", "server_span"]
+__all__ = ["ClientCall", "Headers", "client_span", "server_span"]
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -36,7 +36,6 @@ class ClientCall:
         "attempts",
         "attributes",
         "context",
-        "flags",
         "name",
         "span_id",
         "start",
@@ -58,7 +57,6 @@ class ClientCall:
         method = request.method
         self.name = f"{method} {url.host}"  # the service as the caller named it
         self.attempts = 0
-        self.flags: list[str] = []
         self._attempt_id = ""
         self._attempt_start = 0
         self.attributes: dict[str, Any] = {
@@ -74,9 +72,8 @@ class ClientCall:
             self.attributes["meshware.virtual_service"] = decision.virtual_service
 
     def fault(self, kind: str) -> None:
-        """An injected fault: ``delay`` (Envoy's response flag DI) or ``abort`` (FI)."""
+        """An injected fault: ``delay`` or ``abort``."""
         self.attributes["meshware.fault_injected"] = kind
-        self.flags.append("DI" if kind == "delay" else "FI")
 
     def attempt_headers(self, headers: Headers) -> Headers:
         """Start an attempt: ``headers`` with this attempt's span as the ``traceparent`` parent.
@@ -120,22 +117,21 @@ class ClientCall:
             error=error is not None or (status is not None and status >= 500),
         )
 
-    def finish(self, status: int | None = None, error: BaseException | None = None) -> None:
-        """End the logical call's span."""
+    def finish(
+        self, status: int | None = None, error: BaseException | None = None, flags: str = "-"
+    ) -> None:
+        """End the logical call's span; ``flags`` are its Envoy response flags (``-``: none)."""
         attributes = self.attributes
         attributes["meshware.attempts"] = self.attempts
         if status is not None:
             attributes["http.response.status_code"] = status
         if error is not None:
             attributes["error.type"] = type(error).__name__
-            self.flags.append(_error_flag(error))
         failed = error is not None or (status is not None and status >= 500)
         if self.attempts > 1:
             attributes["meshware.retried"] = True
-            if failed:
-                self.flags.append("URX")  # Envoy: upstream retry limit exceeded
-        if self.flags:
-            attributes["meshware.response_flags"] = ",".join(self.flags)
+        if flags != "-":
+            attributes["meshware.response_flags"] = flags
         self.tracer.emit(
             self.name,
             SpanKind.CLIENT,
@@ -149,52 +145,15 @@ class ClientCall:
         )
 
 
-def _error_flag(error: BaseException) -> str:
-    """Envoy's response flag for a failed call."""
-    if isinstance(error, UpstreamTimeoutError):
-        return "UT"
-    if isinstance(error, NoHealthyUpstreamError):
-        return "UH"
-    if isinstance(error, UpstreamOverflowError):
-        return "UO"
-    return "UF"
-
-
-class _Untraced:
-    """The :class:`ClientCall` of an unsampled request: every method does nothing."""
-
-    __slots__ = ()
-
-    def fault(self, kind: str) -> None:
-        pass
-
-    def attempt_headers(self, headers: Headers) -> Headers:
-        return headers
-
-    def attempt_end(
-        self, address: str, status: int | None = None, error: BaseException | None = None
-    ) -> None:
-        pass
-
-    def finish(self, status: int | None = None, error: BaseException | None = None) -> None:
-        pass
-
-
-UNTRACED = _Untraced()
-
-Call = ClientCall | _Untraced
-"""What the transports hold for each outbound call."""
-
-
-def client_call(
+def client_span(
     tracer: Tracer | None,
     context: RequestContext | None,
     request: httpx.Request,
     decision: RouteDecision,
-) -> Call:
-    """A recorder for this call: a real one only if its request is sampled and tracing is on."""
+) -> ClientCall | None:
+    """A span recorder for this call, only if its request is sampled and tracing is on."""
     if tracer is None or context is None or not context.flags & 1 or not tracer.enabled:
-        return UNTRACED
+        return None
     return ClientCall(tracer, context, request, decision)
 
 

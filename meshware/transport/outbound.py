@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import httpx
 
@@ -46,6 +46,10 @@ from meshware.routing.request import RequestInfo
 from meshware.routing.table import RouteDecision, RouteTable
 from meshware.security.tls import WorkloadTLS
 from meshware.telemetry.tracing import Tracer
+
+if TYPE_CHECKING:
+    from meshware.telemetry.access_log import AccessLog
+    from meshware.telemetry.runtime import MeshMetrics
 
 OutboundPolicy = Literal["ALLOW_ANY", "REGISTRY_ONLY"]
 MAX_BUFFERED_RESPONSE = 64 * 1024
@@ -75,6 +79,12 @@ class MeshView(Protocol):
 
     @property
     def tls(self) -> WorkloadTLS | None: ...
+
+    @property
+    def metrics(self) -> MeshMetrics | None: ...
+
+    @property
+    def access_log(self) -> AccessLog | None: ...
 
 
 class DestinationState:

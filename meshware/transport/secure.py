@@ -65,15 +65,20 @@ class PeerIdentityError(httpcore.ConnectError):
 
 @dataclass(frozen=True, slots=True)
 class TLSTarget:
-    """How to reach one endpoint over mutual TLS: our credentials and whom to expect."""
+    """How to reach one endpoint over TLS: our credentials and whom to expect.
 
-    source: WorkloadTLS
+    ``source`` is the workload's :class:`WorkloadTLS` (its current client context is used for
+    each new connection) or a fixed ``SSLContext`` (a workload enrolling with the CA).
+    """
+
+    source: WorkloadTLS | ssl.SSLContext
     expected: str
 
     @property
     def context(self) -> ssl.SSLContext:
         """The client context for a connection made now (rotated credentials included)."""
-        return self.source.client_context()
+        source = self.source
+        return source if isinstance(source, ssl.SSLContext) else source.client_context()
 
 
 def tls_target(

@@ -17,10 +17,16 @@ import httpx
 from meshware.config.discovery import EndpointTable
 from meshware.config.model.common import canonical_host
 from meshware.config.model.networking import Destination
-from meshware.errors import MeshTransportError, UpstreamOverflowError, UpstreamTimeoutError
+from meshware.errors import (
+    EgressBlockedError,
+    MeshTransportError,
+    NoRouteError,
+    UpstreamOverflowError,
+    UpstreamTimeoutError,
+)
 from meshware.middleware.context import current_context
 from meshware.routing.balance import Balancer
-from meshware.telemetry.spans import Call, client_call
+from meshware.telemetry.calls import OutboundCall, outbound_call, record_unrouted
 from meshware.transport.endpoint import EndpointPool
 from meshware.transport.outbound import (
     MeshView,
@@ -58,6 +64,8 @@ class MeshTransport(httpx.BaseTransport):
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.outbound = Outbound(mesh, rng=rng, clock=clock)
+        metrics = mesh.metrics
+        self._meter = metrics.outbound if metrics is not None else None
         self._clock = clock
         self._sleep = sleep
         self._pools: PoolSet[EndpointPool] = PoolSet(EndpointPool)
@@ -77,10 +85,21 @@ class MeshTransport(httpx.BaseTransport):
             plan = self.outbound.plan(request)
         except MeshTransportError as exc:
             exc.request = request
+            if self._meter is not None and isinstance(exc, NoRouteError | EgressBlockedError):
+                host = canonical_host(request.url.host.lower(), self.outbound.mesh.namespace)
+                record_unrouted(self._meter, host, request, exc)
             raise
         if isinstance(plan, Passthrough):
             return self._passthrough.handle_request(request)
-        call = client_call(self.outbound.mesh.tracer, current_context.get(), request, plan.decision)
+        mesh = self.outbound.mesh
+        call = outbound_call(
+            self._meter,
+            mesh.tracer,
+            current_context.get(),
+            request,
+            plan.decision,
+            mesh.access_log,
+        )
         if plan.fault is not None:
             if plan.fault.delay:
                 call.fault("delay")
@@ -145,7 +164,7 @@ class MeshTransport(httpx.BaseTransport):
 
     # -- the attempt loop --------------------------------------------------------------------
 
-    def _send(self, request: httpx.Request, plan: Plan, call: Call) -> httpx.Response:
+    def _send(self, request: httpx.Request, plan: Plan, call: OutboundCall) -> httpx.Response:
         outbound = self.outbound
         now = self._clock()
         deadline = now + plan.timeout if plan.timeout else None
@@ -156,6 +175,8 @@ class MeshTransport(httpx.BaseTransport):
         if plan.request_headers:
             apply_header_operations(request.headers, plan.request_headers)
         headers = upstream_headers(request, plan.authority, context, now)
+        if self._meter is not None and plan.decision.service_host in outbound.mesh.endpoint_table:
+            headers.append(self._meter.request_header)  # peer metadata, for mesh workloads only
         target = request_target(request.url, plan.path)
         attempt = 0
         while True:
@@ -181,18 +202,18 @@ class MeshTransport(httpx.BaseTransport):
                 response = pool.send(
                     request,
                     target,
-                    call.attempt_headers(headers),
+                    call.attempt(endpoint, tls.expected if tls is not None else None, headers),
                     attempt_timeouts(request, timeout),
                 )
             except httpx.TransportError as exc:
-                call.attempt_end(endpoint.address, error=exc)
+                call.attempt_end(error=exc)
                 attempt += 1
                 self._sleep(outbound.failed(plan, endpoint, exc, attempt, deadline))
                 continue
             status = response.status_code
             delay = outbound.answered(plan, endpoint, status, attempt, deadline)
             if delay is not None:
-                call.attempt_end(endpoint.address, status)
+                call.attempt_end(status, response=response)
                 attempt += 1
                 response.close()
                 balancer.finish(endpoint.address)
@@ -202,26 +223,29 @@ class MeshTransport(httpx.BaseTransport):
                 try:
                     response.read()
                 except httpx.TransportError as exc:
-                    call.attempt_end(endpoint.address, error=exc)
+                    call.attempt_end(error=exc)
                     attempt += 1
                     self._sleep(outbound.failed(plan, endpoint, exc, attempt, deadline))
                     continue
-                call.attempt_end(endpoint.address, status)
-                call.finish(status)
+                call.attempt_end(status, response=response)
+                call.finish(status, response_bytes=response.num_bytes_downloaded)
                 apply_header_operations(response.headers, plan.response_headers)
                 balancer.finish(endpoint.address)
                 self._release(plan)
                 return response
-            call.attempt_end(endpoint.address, status)
+            call.attempt_end(status, response=response)
             apply_header_operations(response.headers, plan.response_headers)
             address = endpoint.address
 
             def done(
-                address: str = address, balancer: Balancer = balancer, status: int = status
+                address: str = address,
+                balancer: Balancer = balancer,
+                status: int = status,
+                response: httpx.Response = response,
             ) -> None:
                 balancer.finish(address)
                 self._release(plan)
-                call.finish(status)
+                call.finish(status, response_bytes=response.num_bytes_downloaded)
 
             assert isinstance(response.stream, httpx.SyncByteStream)
             response.stream = ClosingStream(response.stream, done)

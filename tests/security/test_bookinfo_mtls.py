@@ -32,7 +32,8 @@ def test_bookinfo_under_strict_mtls(
     for spec in BOOKINFO:
         cert_dir = tmp_path / "certs" / f"{spec.service}-{spec.version}"
         write_credentials(cert_dir, ca.issue(spec.service))
-        services.append(Service(spec.service, spec.version, args=("--cert-dir", str(cert_dir))))
+        strict = ("--cert-dir", str(cert_dir), "--mtls", "strict")  # default: PERMISSIVE
+        services.append(Service(spec.service, spec.version, args=strict))
     # the test client is a workload too: an ingress with its own identity
     write_credentials(tmp_path / "certs" / "ingress", ca.issue("ingress"))
     client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)

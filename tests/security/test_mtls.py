@@ -41,7 +41,8 @@ def pki(tmp_path: Path) -> Pki:
 
 
 def tls_service(service: str, cert_dir: Path, app: str = "tests.tls_app:app") -> Service:
-    return Service(service, "v1", app=app, args=("--cert-dir", str(cert_dir)))
+    # STRICT explicitly: with no PeerAuthentication the default would be PERMISSIVE
+    return Service(service, "v1", app=app, args=("--cert-dir", str(cert_dir), "--mtls", "strict"))
 
 
 def client_context(credentials_dir: Path | None, bundle: Path) -> ssl.SSLContext:

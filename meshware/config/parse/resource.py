@@ -7,7 +7,7 @@ from typing import Any
 
 from meshware.config.model.common import DEFAULT_NAMESPACE, ObjectMeta, Resource, frozen_map
 from meshware.config.model.mesh import MeshConfig
-from meshware.config.parse import networking, security, telemetry
+from meshware.config.parse import networking, rollout, security, telemetry
 from meshware.config.parse.document import Document
 from meshware.config.parse.kinds import KindSpec
 from meshware.config.parse.reader import Node, Problems
@@ -15,7 +15,8 @@ from meshware.config.parse.values import parse_namespace, parse_resource_name
 from meshware.errors import ConfigError, Problem
 
 KINDS: dict[str, KindSpec] = {
-    spec.kind: spec for spec in (*networking.KINDS, *security.KINDS, *telemetry.KINDS)
+    spec.kind: spec
+    for spec in (*networking.KINDS, *security.KINDS, *telemetry.KINDS, *rollout.KINDS)
 }
 
 # Kubernetes bookkeeping that `kubectl get -o yaml` adds; accepted and not acted upon.

@@ -1,0 +1,239 @@
+"""The telemetry of one logical outbound call: metrics always, spans when sampled.
+
+The transports drive an :class:`OutboundCall` at fixed points of their attempt loop
+(fault injected, attempt started, attempt ended, call finished). It keeps what the metrics
+need (start time, the endpoint and verified identity of the latest attempt, the metadata the
+destination answered with, injected faults) and records the call once, when it finishes,
+as ``reporter="source"``, with Envoy's response flags from :mod:`meshware.telemetry.flags`;
+the same flags go on the CLIENT span of a sampled call (:class:`~meshware.telemetry.spans.ClientCall`).
+"""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+
+from meshware.config.discovery import Endpoint
+from meshware.middleware.context import RequestContext
+from meshware.routing.table import RouteDecision
+from meshware.telemetry.access_log import AccessLog, Direction
+from meshware.telemetry.flags import fault_flag, response_flags
+from meshware.telemetry.meters import OutboundMeter
+from meshware.telemetry.peers import PEER_HEADER, Workload, parse_peer
+from meshware.telemetry.spans import ClientCall, Headers, client_span
+from meshware.telemetry.tracing import Tracer
+
+__all__ = ["OutboundCall", "outbound_call", "record_unrouted"]
+
+
+class OutboundCall:
+    """See the module docstring. Not thread-safe: one call is driven by one task/thread."""
+
+    __slots__ = (
+        "_done",
+        "_endpoint",
+        "_faults",
+        "_log",
+        "_meter",
+        "_peer",
+        "_principal",
+        "_request_bytes",
+        "_service_host",
+        "_span",
+        "_start",
+        "attempts",
+    )
+
+    def __init__(
+        self,
+        meter: OutboundMeter | None,
+        span: ClientCall | None,
+        service_host: str,
+        request_bytes: int,
+        log: OutboundLine | None = None,
+    ) -> None:
+        self._start = time.perf_counter()
+        self._log = log
+        self._meter = meter
+        self._span = span
+        self._service_host = service_host
+        self._request_bytes = request_bytes
+        self._faults = ""
+        self._endpoint: Endpoint | None = None
+        self._principal: str | None = None
+        self._peer: Workload | None = None
+        self._done = False
+        self.attempts = 0
+
+    def fault(self, kind: str) -> None:
+        """An injected fault: ``delay`` (Envoy's response flag DI) or ``abort`` (FI)."""
+        flag = fault_flag(kind)
+        self._faults = f"{self._faults},{flag}" if self._faults else flag
+        if self._span is not None:
+            self._span.fault(kind)
+
+    def attempt(self, endpoint: Endpoint, principal: str | None, headers: Headers) -> Headers:
+        """Start an attempt at ``endpoint`` (whose identity ``principal`` the TLS handshake
+        verifies, None for plaintext): the headers to send for it."""
+        self.attempts += 1
+        self._endpoint = endpoint
+        self._principal = principal
+        self._peer = None
+        span = self._span
+        return span.attempt_headers(headers) if span is not None else headers
+
+    def attempt_end(
+        self,
+        status: int | None = None,
+        error: BaseException | None = None,
+        response: httpx.Response | None = None,
+    ) -> None:
+        """End the current attempt; the destination's metadata header is taken out of
+        ``response`` (the application never sees it)."""
+        if response is not None:
+            raw = response.headers.get(PEER_HEADER)
+            if raw is not None:
+                self._peer = parse_peer(raw)
+                del response.headers[PEER_HEADER]
+        span = self._span
+        if span is not None:
+            endpoint = self._endpoint
+            span.attempt_end(endpoint.address if endpoint is not None else "", status, error)
+
+    def finish(
+        self,
+        status: int | None = None,
+        error: BaseException | None = None,
+        response_bytes: int = 0,
+    ) -> None:
+        """The logical call is over (answered with ``status``, or failed with ``error``);
+        only the first call counts."""
+        if self._done:
+            return
+        self._done = True
+        failed = error is not None or (status is not None and status >= 500)
+        flags = response_flags(self._faults, error, self.attempts, failed)
+        meter = self._meter
+        elapsed = time.perf_counter() - self._start
+        if meter is not None:
+            edge = meter.edge(self._service_host, self._endpoint, self._principal, self._peer)
+            meter.record(
+                edge,
+                None if error is not None else status,
+                flags,
+                elapsed,
+                self._request_bytes,
+                response_bytes,
+            )
+        if self._span is not None:
+            self._span.finish(status, error, flags)
+        if self._log is not None:
+            endpoint = self._endpoint
+            self._log.write(
+                None if error is not None else status,
+                flags,
+                elapsed,
+                response_bytes,
+                endpoint.address if endpoint is not None else None,
+                self._principal,
+            )
+
+
+class OutboundLine:
+    """What the access log line of an outbound call needs, kept only when logging is on."""
+
+    __slots__ = ("access", "context", "decision", "direction", "request")
+
+    def __init__(
+        self,
+        access: AccessLog,
+        direction: Direction,
+        request: httpx.Request,
+        context: RequestContext | None,
+        decision: RouteDecision,
+    ) -> None:
+        self.access = access
+        self.direction = direction
+        self.request = request
+        self.context = context
+        self.decision = decision
+
+    def write(
+        self,
+        status: int | None,
+        flags: str,
+        elapsed: float,
+        response_bytes: int,
+        upstream: str | None,
+        principal: str | None,
+    ) -> None:
+        request, decision, context = self.request, self.decision, self.context
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        url = request.url
+        port = url.port or decision.port or (443 if url.scheme == "https" else 80)
+        values = {
+            "start_time": time.time() - elapsed,
+            "method": request.method,
+            "path": url.raw_path.decode("ascii", "replace"),
+            "protocol": "HTTP/1.1",
+            "response_code": status or 0,
+            "response_flags": flags,
+            "bytes_received": _request_bytes(request),
+            "bytes_sent": response_bytes,
+            "duration": int(elapsed * 1000),
+            "user_agent": headers.get("user-agent"),
+            "request_id": headers.get("x-request-id")
+            or (context.request_id if context is not None else None),
+            "authority": url.netloc.decode("ascii", "replace"),
+            "upstream_host": upstream,
+            "upstream_cluster": f"outbound|{port}|{decision.subset}|{decision.service_host}",
+            "route_name": decision.route_name,
+            "direction": "outbound",
+            "trace_id": context.trace_id if context is not None else None,
+            "upstream_principal": principal,
+        }
+        self.access.emit(
+            self.direction,
+            values,
+            headers,
+            scheme=url.scheme,
+            sampled=bool(context.flags & 1) if context is not None else False,
+        )
+
+
+def _request_bytes(request: httpx.Request) -> int:
+    length = request.headers.get("content-length")
+    return int(length) if length is not None and length.isdigit() else 0
+
+
+def outbound_call(
+    meter: OutboundMeter | None,
+    tracer: Tracer | None,
+    context: RequestContext | None,
+    request: httpx.Request,
+    decision: RouteDecision,
+    access: AccessLog | None = None,
+) -> OutboundCall:
+    """The telemetry of a call routed by ``decision`` (a span only if it is sampled, an
+    access log line only if outbound logging is on)."""
+    direction = access.policy.outbound if access is not None else None
+    return OutboundCall(
+        meter,
+        client_span(tracer, context, request, decision),
+        decision.service_host,
+        _request_bytes(request) if meter is not None else 0,
+        OutboundLine(access, direction, request, context, decision)
+        if access is not None and direction is not None
+        else None,
+    )
+
+
+def record_unrouted(
+    meter: OutboundMeter | None, service_host: str, request: httpx.Request, error: BaseException
+) -> None:
+    """Count a call that never got a route (``NR``) against ``service_host``."""
+    if meter is None:
+        return
+    call = OutboundCall(meter, None, service_host, _request_bytes(request))
+    call.finish(error=error)
