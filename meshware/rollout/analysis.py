@@ -3,10 +3,12 @@
 The numbers come from the mesh-wide aggregates every instance flushes to Redis
 (:mod:`meshware.telemetry.aggregates`), as reported by the *destination* (the canary's own
 inbound middleware counts what it answered, mirrored copies included), so no Prometheus is
-needed. Those aggregates are kept in windows of a few seconds: a check over the last
-``interval`` reads every window overlapping it, so with intervals shorter than a window it
-looks slightly further back. This module is the only place that knows that; the rest of the
-controller sees :class:`Measurement` values.
+needed. Those aggregates are kept in windows of a few seconds and each instance flushes its
+counts about once a second, later when it is busy. So a check reads at least the last
+:data:`MIN_LOOKBACK` seconds (one aggregate window and two flushes), whatever its
+``interval``: a shorter look-back can miss requests that were answered but not flushed yet
+and report "no data" for a canary that has traffic. This module is the only place that knows
+that; the rest of the controller sees :class:`Measurement` values.
 """
 
 from __future__ import annotations
@@ -18,7 +20,11 @@ import redis
 
 from meshware.config.connection import translate_errors
 from meshware.config.keys import Keys
-from meshware.telemetry.aggregates import read_window_stats
+from meshware.telemetry.aggregates import WINDOW, read_window_stats
+from meshware.telemetry.runtime import FLUSH_INTERVAL
+
+MIN_LOOKBACK = WINDOW + 2 * FLUSH_INTERVAL
+"""Seconds every check reads at least (see the module docstring)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,8 +65,9 @@ class MetricsReader:
         """Requests to ``host`` (the service FQDN) answered by ``version`` in the last
         ``window`` seconds."""
         end = time.time() if now is None else now
+        since = end - max(window, MIN_LOOKBACK)
         with translate_errors(self.url):
-            stats = read_window_stats(self.client, self.keys, host, version, end - window, now=end)
+            stats = read_window_stats(self.client, self.keys, host, version, since, now=end)
         rate = stats.success_rate
         return Measurement(
             version=version,
