@@ -51,6 +51,7 @@ from meshware.config.model.security import (
     ValueMatch,
 )
 from meshware.security.paths import canonical_escapes, normalize_path
+from meshware.security.selection import ROOT_NAMESPACE
 
 __all__ = [
     "DENIED_BODY",
@@ -63,9 +64,6 @@ __all__ = [
     "Verdict",
     "applicable_policies",
 ]
-
-ROOT_NAMESPACE: Final = "istio-system"
-"""Policies here apply mesh-wide (Istio's default root namespace)."""
 
 DENIED_STATUS: Final = 403
 DENIED_BODY: Final = b"RBAC: access denied"

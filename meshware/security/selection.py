@@ -6,8 +6,8 @@ workloads the same way: a resource in the workload's own namespace applies to it
 resource in the *root namespace* (``istio-system``) without a selector applies mesh-wide. What
 differs per kind is how the levels combine, so that part stays with each kind.
 
-``meshware.security.authz`` and ``meshware.telemetry.policy`` still carry their own copies of
-:func:`selects` and :data:`ROOT_NAMESPACE`; both may import them from here instead.
+:mod:`meshware.security.peer_auth`, :mod:`meshware.security.authz` and
+:mod:`meshware.telemetry.policy` (tracing and access logging) take them from here.
 """
 
 from __future__ import annotations

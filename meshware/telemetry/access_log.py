@@ -30,9 +30,9 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 from meshware.config.model.mesh import MeshConfig
-from meshware.config.model.telemetry import AccessLogging, Telemetry
+from meshware.config.model.telemetry import AccessLogging
 from meshware.telemetry.cel import Predicate, compile_filter
-from meshware.telemetry.policy import ROOT_NAMESPACE
+from meshware.telemetry.policy import winning_telemetry
 
 __all__ = [
     "AccessLog",
@@ -117,24 +117,7 @@ def access_log_policy(
     config: MeshConfig, namespace: str, labels: Mapping[str, str]
 ) -> AccessLogPolicy:
     """The access logging this workload applies (see the module docstring)."""
-    workload: Telemetry | None = None
-    namespace_wide: Telemetry | None = None
-    mesh_wide: Telemetry | None = None
-    for resource in sorted(config.of(Telemetry), key=lambda t: t.metadata.name):
-        if not resource.spec.access_logging:
-            continue
-        selector = resource.spec.selector
-        ns = resource.metadata.namespace
-        if ns == namespace and selector is not None:
-            if workload is None and all(
-                labels.get(k) == v for k, v in selector.match_labels.items()
-            ):
-                workload = resource
-        elif ns == namespace and selector is None and namespace_wide is None:
-            namespace_wide = resource
-        elif ns == ROOT_NAMESPACE and selector is None and mesh_wide is None:
-            mesh_wide = resource
-    chosen = workload or namespace_wide or mesh_wide
+    chosen = winning_telemetry(config, namespace, labels, lambda r: bool(r.spec.access_logging))
     if chosen is None:
         return OFF
     entries = chosen.spec.access_logging

@@ -11,14 +11,13 @@ Istio's).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from meshware.config.model.mesh import MeshConfig
 from meshware.config.model.telemetry import Telemetry
+from meshware.security.selection import ROOT_NAMESPACE, selects
 
-__all__ = ["ROOT_NAMESPACE", "tracing_percentage"]
-
-ROOT_NAMESPACE = "istio-system"
+__all__ = ["ROOT_NAMESPACE", "tracing_percentage", "winning_telemetry"]
 
 
 def _setting(resource: Telemetry) -> float | None:
@@ -30,29 +29,37 @@ def _setting(resource: Telemetry) -> float | None:
     return None
 
 
-def tracing_percentage(
-    config: MeshConfig, namespace: str, labels: Mapping[str, str], default: float
-) -> float:
-    """The percentage of new traces this workload records (see the module docstring)."""
-    workload: float | None = None
-    namespace_wide: float | None = None
-    mesh_wide: float | None = None
+def winning_telemetry(
+    config: MeshConfig,
+    namespace: str,
+    labels: Mapping[str, str],
+    relevant: Callable[[Telemetry], bool],
+) -> Telemetry | None:
+    """The most specific ``relevant`` Telemetry for a workload: one in its namespace whose
+    selector matches its labels, else one in its namespace without a selector, else one in
+    the root namespace without a selector (the first by name at each level)."""
+    workload: Telemetry | None = None
+    namespace_wide: Telemetry | None = None
+    mesh_wide: Telemetry | None = None
     for resource in sorted(config.of(Telemetry), key=lambda t: t.metadata.name):
-        value = _setting(resource)
-        if value is None:
+        if not relevant(resource):
             continue
         selector = resource.spec.selector
         ns = resource.metadata.namespace
         if ns == namespace and selector is not None:
-            if workload is None and all(
-                labels.get(k) == v for k, v in selector.match_labels.items()
-            ):
-                workload = value
+            if workload is None and selects(selector, labels):
+                workload = resource
         elif ns == namespace and namespace_wide is None:
-            namespace_wide = value
+            namespace_wide = resource
         elif ns == ROOT_NAMESPACE and selector is None and mesh_wide is None:
-            mesh_wide = value
-    for value in (workload, namespace_wide, mesh_wide):
-        if value is not None:
-            return value
-    return default
+            mesh_wide = resource
+    return workload or namespace_wide or mesh_wide
+
+
+def tracing_percentage(
+    config: MeshConfig, namespace: str, labels: Mapping[str, str], default: float
+) -> float:
+    """The percentage of new traces this workload records (see the module docstring)."""
+    chosen = winning_telemetry(config, namespace, labels, lambda r: _setting(r) is not None)
+    value = _setting(chosen) if chosen is not None else None
+    return default if value is None else value
