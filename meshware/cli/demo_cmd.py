@@ -28,7 +28,7 @@ from meshware.config.connection import redact
 from meshware.config.store import ConfigStore
 from meshware.demo.services import BOOKINFO, Service, ServiceGroup, assign_ports
 from meshware.demo.tour import Tour
-from meshware.embedded_redis import RedisServer
+from meshware.embedded_redis import RedisServer, free_port
 from meshware.errors import MeshwareError
 from meshware.security.signing import write_key_pair
 
@@ -39,12 +39,16 @@ EXIT_INTERRUPTED = 130
 
 
 @contextlib.contextmanager
-def _redis(url: str | None) -> Iterator[str]:
+def _redis(url: str | None, services: list[Service]) -> Iterator[str]:
     if url is not None:
         out.print(f"Redis: {redact(url)} (mesh '{DEMO_MESH}')", highlight=False)
         yield url
         return
-    with RedisServer() as server:
+    taken = {service.port for service in services}
+    port = free_port()
+    while port in taken:  # the OS may hand out a port the services are about to bind
+        port = free_port()
+    with RedisServer(port=port) as server:
         out.print(
             f"Redis: embedded redis-server on 127.0.0.1:{server.port} "
             "(pass --redis-url to use your own)",
@@ -210,7 +214,7 @@ def _demo(
             highlight=False,
         )
     with (
-        _redis(redis_url) as url,
+        _redis(redis_url, services) as url,
         tempfile.TemporaryDirectory(prefix="meshware-demo-") as tmp_name,
     ):
         tmp = Path(tmp_name)
