@@ -302,6 +302,7 @@ def test_multi_worker_server_sums_its_workers_exactly(
 
     # direct requests on fresh connections until both workers have served some (bounded)
     unknown = {"reporter": "destination", "source_workload": "unknown", "response_code": "200"}
+    unknown_any = {"source_workload": "unknown"}
     start = total(scrape(backend_admin), **unknown)
     sent = 0
 
@@ -317,6 +318,12 @@ def test_multi_worker_server_sums_its_workers_exactly(
     assert both_served(), _worker_counts(directory)
     assert wait_until(lambda: total(scrape(backend_admin), **unknown) == start + sent, timeout=10)
     assert len(list(directory.glob("w-*.json"))) == 2  # one file per live worker
+    # what a SIGKILL must not lose is what the workers wrote (each snapshots about once a
+    # second): wait until their files hold every request counted so far
+    assert wait_until(
+        lambda: sum(_worker_counts(directory)) == total(scrape(backend_admin), **unknown_any),
+        timeout=10,
+    )
 
     # a worker dies (whichever, maybe the one serving the admin port): uvicorn replaces it,
     # the admin port comes back, and its counts are kept, neither lost nor counted twice
