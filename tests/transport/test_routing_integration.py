@@ -43,6 +43,7 @@ spec:
 """
 
 
+@pytest.mark.timeout(480)  # 20,000 real requests: minutes on a loaded two-core machine
 def test_weighted_90_10_split_over_20000_requests(
     upstreams: Callable[..., Upstream], apply_yaml: Callable[[str], int], caller: Mesh
 ) -> None:
