@@ -44,7 +44,7 @@ from meshware.security.signing import ConfigVerifier
 from meshware.security.tls import WorkloadTLS
 from meshware.settings import Settings, default_state_dir
 from meshware.telemetry.access_log import AccessLog, AccessLogSink, access_log_policy
-from meshware.telemetry.export import otlp_exporter
+from meshware.telemetry.export import metrics_temporality, otlp_exporter, otlp_metric_exporter
 from meshware.telemetry.multiproc import SnapshotDir
 from meshware.telemetry.peers import workload_of
 from meshware.telemetry.policy import tracing_percentage
@@ -95,6 +95,7 @@ class Mesh:
         outbound_traffic_policy: OutboundPolicy = "ALLOW_ANY",
         discovery_interval: float = 1.0,
         otlp_endpoint: str | None = None,
+        otlp_metrics: bool = False,
         trace_sampling: float = DEFAULT_PERCENTAGE,
         span_exporter: SpanExporter | None = None,
         cert_dir: str | os.PathLike[str] | None = None,
@@ -119,6 +120,7 @@ class Mesh:
             outbound_traffic_policy=outbound_traffic_policy,
             discovery_interval=discovery_interval,
             otlp_endpoint=otlp_endpoint,
+            otlp_metrics=otlp_metrics,
             trace_sampling=trace_sampling,
             cert_dir=Path(cert_dir) if cert_dir else None,
             mtls=mtls,
@@ -190,6 +192,16 @@ class Mesh:
             ready=lambda: self.ready and not self._draining,
         )
         """Istio's golden metrics of this instance (``/metrics``, aggregates in Redis)."""
+        interval, timeout = s.metric_export_timing()
+        push = otlp_metric_exporter(s.otlp_endpoint, s.otlp_metrics, timeout)
+        if push is not None:  # the tracer's resource: same service.instance.id
+            self.metrics.push_over_otlp(
+                self.tracer.resource,
+                push,
+                interval=interval,
+                timeout=timeout,
+                temporality=metrics_temporality(),
+            )
         self.started_at = 0.0
         lkg = None
         if s.redis_url:
@@ -494,6 +506,8 @@ class Mesh:
             self.started_at = time.time()
             self._draining = False
             self.tracer.start()  # here, not in __init__: after a pre-fork server forked
+            if self.metrics.pusher is not None:
+                self.metrics.pusher.start()  # likewise: each worker pushes its own series
             self.metrics.attach(SnapshotDir.from_env())  # shared by the workers, if any
             if self.settings.redis_url and self.watcher.verifier is None:
                 log.warning(
@@ -535,6 +549,8 @@ class Mesh:
         if renewer is not None:
             renewer.stop()
         self.tracer.shutdown()  # exports the spans still queued
+        if self.metrics.pusher is not None:
+            self.metrics.pusher.stop(timeout)  # pushes once more
         self.access_log.sink.flush()
 
     def _enroll(self) -> None:

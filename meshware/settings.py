@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -19,6 +20,39 @@ _LABEL_KEY = re.compile(r"^([a-z0-9.-]+/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9]
 _URL = re.compile(r"^https?://[^\s/]+(/\S*)?$")
 _HTTPS_URL = re.compile(r"^https://[^\s/]+(/\S*)?$")
 _ADDRESS = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})$")
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+METRIC_EXPORT_INTERVAL = "OTEL_METRIC_EXPORT_INTERVAL"
+METRIC_EXPORT_TIMEOUT = "OTEL_METRIC_EXPORT_TIMEOUT"
+DEFAULT_METRIC_EXPORT_INTERVAL = 60.0
+"""Seconds between two OTLP metric pushes unless configured (the OTel spec's 60000 ms)."""
+DEFAULT_METRIC_EXPORT_TIMEOUT = 30.0
+"""Seconds one OTLP metric push may take unless configured (the OTel spec's 30000 ms)."""
+
+
+def env_millis(environ: Mapping[str, str], var: str) -> float | None:
+    """An OpenTelemetry duration variable (milliseconds, e.g. ``OTEL_METRIC_EXPORT_INTERVAL``)
+    in seconds; None when unset or empty. Raises :class:`ConfigError` naming ``var`` when it
+    is not a positive number."""
+    raw = environ.get(var, "").strip()
+    if not raw:
+        return None
+    try:
+        millis = float(raw)
+    except ValueError:
+        millis = math.nan
+    if not (math.isfinite(millis) and millis > 0):
+        raise ConfigError(
+            [
+                Problem(
+                    f"must be a positive number of milliseconds, got {raw!r}",
+                    path=var,
+                    source="environment",
+                )
+            ]
+        )
+    return millis / 1000.0
 
 
 def default_state_dir() -> Path:
@@ -46,6 +80,16 @@ class Settings:
     outbound_traffic_policy: str = "ALLOW_ANY"
     discovery_interval: float = 1.0
     otlp_endpoint: str | None = None
+    otlp_metrics: bool = False
+    """Push the golden metrics over OTLP/HTTP too (to ``otlp_endpoint`` + ``/v1/metrics``,
+    else ``OTEL_EXPORTER_OTLP_METRICS_ENDPOINT`` / ``OTEL_EXPORTER_OTLP_ENDPOINT``);
+    ``OTEL_METRICS_EXPORTER=otlp`` also turns it on (see :mod:`meshware.telemetry.export`)."""
+    otlp_metrics_interval: float | None = None
+    """Seconds between two OTLP metric pushes; None: ``OTEL_METRIC_EXPORT_INTERVAL`` (ms),
+    else 60 s."""
+    otlp_metrics_timeout: float | None = None
+    """Seconds one OTLP metric push may take (and the last one, at stop); None:
+    ``OTEL_METRIC_EXPORT_TIMEOUT`` (ms), else 30 s."""
     access_log: str | None = None
     """Where access log lines go when a ``Telemetry`` resource turns them on: a file path;
     None or ``-`` for standard output (Envoy's ``/dev/stdout``)."""
@@ -123,6 +167,10 @@ class Settings:
             bad("outbound_traffic_policy", "must be ALLOW_ANY or REGISTRY_ONLY")
         if self.otlp_endpoint and not _URL.match(self.otlp_endpoint):
             bad("otlp_endpoint", f"must be an http:// or https:// URL, got {self.otlp_endpoint!r}")
+        for name in ("otlp_metrics_interval", "otlp_metrics_timeout"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value > 0):
+                bad(name, f"must be a positive number of seconds, got {value!r}")
         if not 0.0 <= self.trace_sampling <= 100.0:
             bad(
                 "trace_sampling", f"must be a percentage from 0 to 100, got {self.trace_sampling!r}"
@@ -168,6 +216,19 @@ class Settings:
                 bad("trusted_keys", str(exc))
         if problems:
             raise ConfigError(problems)
+
+    def metric_export_timing(self, environ: Mapping[str, str] | None = None) -> tuple[float, float]:
+        """``(interval, timeout)`` of OTLP metric pushes, in seconds: the settings, else
+        ``OTEL_METRIC_EXPORT_INTERVAL`` / ``OTEL_METRIC_EXPORT_TIMEOUT`` (ms), else the
+        spec's 60 s / 30 s. Raises :class:`ConfigError` naming a bad variable."""
+        env = os.environ if environ is None else environ
+        interval = self.otlp_metrics_interval
+        if interval is None:
+            interval = env_millis(env, METRIC_EXPORT_INTERVAL) or DEFAULT_METRIC_EXPORT_INTERVAL
+        timeout = self.otlp_metrics_timeout
+        if timeout is None:
+            timeout = env_millis(env, METRIC_EXPORT_TIMEOUT) or DEFAULT_METRIC_EXPORT_TIMEOUT
+        return interval, timeout
 
     @property
     def effective_labels(self) -> dict[str, str]:
@@ -218,6 +279,29 @@ class Settings:
                 "yes",
                 "on",
             )
+        if env.get("MESHWARE_OTLP_METRICS"):
+            flag = env["MESHWARE_OTLP_METRICS"].strip().lower()
+            if flag in _TRUE or flag in _FALSE:
+                values["otlp_metrics"] = flag in _TRUE
+            else:
+                problems.append(
+                    Problem(
+                        f"must be true or false, got {env['MESHWARE_OTLP_METRICS']!r}",
+                        path="MESHWARE_OTLP_METRICS",
+                        source="environment",
+                    )
+                )
+        for name, var in (
+            ("otlp_metrics_interval", METRIC_EXPORT_INTERVAL),
+            ("otlp_metrics_timeout", METRIC_EXPORT_TIMEOUT),
+        ):
+            try:
+                seconds = env_millis(env, var)
+            except ConfigError as exc:
+                problems.extend(exc.problems)
+            else:
+                if seconds is not None:
+                    values[name] = seconds
         if env.get("MESHWARE_SIGNING_KEY"):
             values["signing_key"] = Path(env["MESHWARE_SIGNING_KEY"])
         if env.get("MESHWARE_LABELS"):

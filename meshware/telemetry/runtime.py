@@ -10,7 +10,9 @@ loop, never on the request path) that about once a second
   (:mod:`meshware.telemetry.aggregates`, when the mesh has a Redis control plane).
 
 Both are done once more when the mesh stops. :meth:`samples` is what ``/metrics`` exposes:
-this process's live series plus every other worker's snapshot.
+this process's live series plus every other worker's snapshot. With OTLP push on,
+:attr:`MeshMetrics.pusher` also pushes this process's own series from a thread of its own
+(:mod:`meshware.telemetry.otlp_metrics`); the mesh starts it after the fork and stops it.
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ import logging
 import time
 from collections.abc import Callable
 
+from opentelemetry.sdk.metrics.export import AggregationTemporality, MetricExporter
+from opentelemetry.sdk.resources import Resource
+
 from meshware.config.connection import async_client
 from meshware.config.keys import Keys
 from meshware.errors import ControlPlaneError
@@ -28,6 +33,7 @@ from meshware.telemetry.aggregates import AggregateFlusher, AsyncRedis
 from meshware.telemetry.meters import InboundMeter, OutboundMeter
 from meshware.telemetry.metrics import Registry, Sample, merge
 from meshware.telemetry.multiproc import SnapshotDir
+from meshware.telemetry.otlp_metrics import MetricsPusher
 from meshware.telemetry.peers import Workload
 
 __all__ = ["FLUSH_INTERVAL", "MeshMetrics"]
@@ -51,6 +57,7 @@ class MeshMetrics:
         ready: Callable[[], bool] = lambda: True,
     ) -> None:
         self.registry = Registry()
+        self.created_ns = time.time_ns()
         self.own = own
         self.inbound = InboundMeter(self.registry, own, service_host, identity)
         self.outbound = OutboundMeter(self.registry, own, identity)
@@ -58,6 +65,30 @@ class MeshMetrics:
         self.snapshots: SnapshotDir | None = None
         """The shared directory of a multi-process server (set by :meth:`attach`)."""
         self._ready = ready
+        self.pusher: MetricsPusher | None = None
+        """Pushes this process's series over OTLP, when on (set by :meth:`push_over_otlp`)."""
+
+    def push_over_otlp(
+        self,
+        resource: Resource,
+        exporter: Callable[[], MetricExporter],
+        *,
+        interval: float,
+        timeout: float,
+        temporality: AggregationTemporality,
+    ) -> MetricsPusher:
+        """Push this process's own series (never the other workers') every ``interval`` s,
+        once :attr:`pusher` is started."""
+        self.pusher = MetricsPusher(
+            self.registry.snapshot,
+            resource,
+            exporter,
+            interval=interval,
+            timeout=timeout,
+            temporality=temporality,
+            start_ns=self.created_ns,
+        )
+        return self.pusher
 
     def attach(self, snapshots: SnapshotDir | None) -> None:
         """Share this process's series through ``snapshots`` (once, after the fork)."""
