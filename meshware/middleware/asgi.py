@@ -80,9 +80,13 @@ class MeshMiddleware:
         sticky = mesh.sticky_headers
         wanted = self._wanted_for(sticky)
         found: dict[str, str] = {}
+        removed: list[int] = []
+        headers: list[tuple[bytes, bytes]] = scope["headers"]
         # ASGI servers lower-case header names: compare raw bytes, decode only what is read
-        for raw_name, raw_value in scope["headers"]:
+        for index, (raw_name, raw_value) in enumerate(headers):
             if raw_name in wanted:
+                if raw_name in _REMOVED:
+                    removed.append(index)
                 name = raw_name.decode("latin-1")
                 if name not in found:
                     found[name] = raw_value.decode("latin-1")
@@ -93,9 +97,13 @@ class MeshMiddleware:
         peer = from_scope(scope)
         context = from_headers(found, sticky_headers=sticky, sample=tracer.samples, peer=peer)
         caller = found.get(PEER_HEADER)
-        if caller is not None or FORGEABLE_HEADER in found:
+        if removed:
             # only the TLS connection says who the caller is; the metadata is the mesh's
-            scope["headers"] = [h for h in scope["headers"] if h[0].lower() not in _REMOVED]
+            if len(removed) == 1:
+                index = removed[0]
+                scope["headers"] = headers[:index] + headers[index + 1 :]
+            else:
+                scope["headers"] = [h for h in headers if h[0] not in _REMOVED]
         meter = mesh.metrics.inbound
         edge = meter.edge(parse_peer(caller), peer)
         length = found.get("content-length")

@@ -20,7 +20,7 @@ from meshware.routing.table import RouteDecision
 from meshware.telemetry.access_log import AccessLog, Direction
 from meshware.telemetry.flags import fault_flag, response_flags
 from meshware.telemetry.meters import OutboundMeter
-from meshware.telemetry.peers import PEER_HEADER, Workload, parse_peer
+from meshware.telemetry.peers import Workload, parse_peer
 from meshware.telemetry.spans import ClientCall, Headers, client_span
 from meshware.telemetry.tracing import Tracer
 
@@ -87,15 +87,13 @@ class OutboundCall:
         self,
         status: int | None = None,
         error: BaseException | None = None,
-        response: httpx.Response | None = None,
+        peer: bytes | None = None,
     ) -> None:
-        """End the current attempt; the destination's metadata header is taken out of
-        ``response`` (the application never sees it)."""
-        if response is not None:
-            raw = response.headers.get(PEER_HEADER)
-            if raw is not None:
-                self._peer = parse_peer(raw)
-                del response.headers[PEER_HEADER]
+        """End the current attempt; ``peer`` is the value of the destination's metadata
+        header (:data:`~meshware.telemetry.peers.PEER_HEADER`), which the endpoint pool took
+        out of the response so the application never sees it."""
+        if peer is not None:
+            self._peer = parse_peer(peer.decode("latin-1"))
         span = self._span
         if span is not None:
             endpoint = self._endpoint
@@ -203,6 +201,10 @@ class OutboundLine:
 
 
 def _request_bytes(request: httpx.Request) -> int:
+    """The declared body length (the body of an outbound request is never buffered here)."""
+    stream = request.stream
+    if isinstance(stream, httpx.ByteStream):
+        return len(request.content)
     length = request.headers.get("content-length")
     return int(length) if length is not None and length.isdigit() else 0
 

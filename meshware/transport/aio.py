@@ -177,7 +177,7 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
         if plan.request_headers:
             apply_header_operations(request.headers, plan.request_headers)
         headers = upstream_headers(request, plan.authority, context, now)
-        if self._meter is not None and plan.decision.service_host in outbound.mesh.endpoint_table:
+        if self._meter is not None and plan.endpoints.registered:
             headers.append(self._meter.request_header)  # peer metadata, for mesh workloads only
         target = request_target(request.url, plan.path)
         attempt = 0
@@ -201,7 +201,7 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
             balancer = plan.state.balancer
             balancer.start(endpoint.address)
             try:
-                response = await pool.send(
+                response, peer, length = await pool.send(
                     request,
                     target,
                     call.attempt(endpoint, tls.expected if tls is not None else None, headers),
@@ -215,13 +215,13 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
             status = response.status_code
             delay = outbound.answered(plan, endpoint, status, attempt, deadline)
             if delay is not None:
-                call.attempt_end(status, response=response)
+                call.attempt_end(status, peer=peer)
                 attempt += 1
                 await response.aclose()
                 balancer.finish(endpoint.address)
                 await self._sleep(delay)
                 continue
-            if outbound.buffers(plan, response):
+            if outbound.buffers(plan, length):
                 try:
                     await response.aread()
                 except httpx.TransportError as exc:
@@ -229,13 +229,13 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
                     attempt += 1
                     await self._sleep(outbound.failed(plan, endpoint, exc, attempt, deadline))
                     continue
-                call.attempt_end(status, response=response)
+                call.attempt_end(status, peer=peer)
                 call.finish(status, response_bytes=response.num_bytes_downloaded)
                 apply_header_operations(response.headers, plan.response_headers)
                 balancer.finish(endpoint.address)
                 self._release(plan)
                 return response
-            call.attempt_end(status, response=response)
+            call.attempt_end(status, peer=peer)
             apply_header_operations(response.headers, plan.response_headers)
             address = endpoint.address
 
@@ -276,7 +276,7 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
             headers = upstream_headers(shadow, shadow.headers["host"])
             host = canonical_host(destination.host, self.outbound.mesh.namespace)
             tls = tls_target(self.outbound.mesh.tls, state.policy, host, endpoint)
-            response = await self._pools.get(endpoint, None, tls).send(
+            response, _, _ = await self._pools.get(endpoint, None, tls).send(
                 shadow, target, headers, attempt_timeouts(shadow, None)
             )
             await response.aread()

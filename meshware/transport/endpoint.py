@@ -15,6 +15,7 @@ from typing import Any
 import httpcore
 import httpx
 
+from meshware.telemetry.peers import PEER_HEADER
 from meshware.transport.secure import AsyncVerifyingBackend, TLSTarget, VerifyingBackend
 
 _ERRORS: dict[type[Exception], type[httpx.TransportError]] = {
@@ -35,16 +36,25 @@ _ERRORS: dict[type[Exception], type[httpx.TransportError]] = {
 }
 
 
+def _mapped(exc: Exception, request: httpx.Request) -> httpx.TransportError | None:
+    """The httpx exception an httpcore one stands for (None: not an httpcore error)."""
+    for kind in type(exc).__mro__:
+        mapped = _ERRORS.get(kind)
+        if mapped is not None:
+            return mapped(str(exc) or type(exc).__name__, request=request)
+    return None
+
+
 @contextmanager
 def translated(request: httpx.Request) -> Iterator[None]:
+    """Raise httpcore errors inside the block as their httpx counterparts."""
     try:
         yield
     except Exception as exc:
-        for kind in type(exc).__mro__:
-            mapped = _ERRORS.get(kind)
-            if mapped is not None:
-                raise mapped(str(exc) or type(exc).__name__, request=request) from exc
-        raise
+        mapped = _mapped(exc, request)
+        if mapped is None:
+            raise
+        raise mapped from exc
 
 
 def _pool_options(limits: httpx.Limits) -> dict[str, Any]:
@@ -91,6 +101,31 @@ class _AsyncBody(httpx.AsyncByteStream):
 
 Headers = list[tuple[bytes, bytes]]
 
+_PEER = PEER_HEADER.encode("latin-1")
+_LENGTH = b"content-length"
+
+Reply = tuple[httpx.Response, bytes | None, int | None]
+"""What an endpoint answered: the response (without :data:`PEER_HEADER`), the value of that
+header (the destination's workload metadata) and the declared ``content-length``."""
+
+
+def _taken(
+    fields: list[tuple[bytes, bytes]],
+) -> tuple[list[tuple[bytes, bytes]], bytes | None, int | None]:
+    """Split the peer metadata out of response header ``fields`` and read the body length,
+    in one pass over the raw fields (httpx's ``Headers`` lookups cost far more)."""
+    peer: bytes | None = None
+    length: int | None = None
+    for name, value in fields:
+        lower = name.lower()
+        if lower == _PEER:
+            peer = value
+        elif lower == _LENGTH and value.isdigit():
+            length = int(value)
+    if peer is not None:
+        fields = [field for field in fields if field[0].lower() != _PEER]
+    return fields, peer, length
+
 
 class EndpointPool:
     """Keep-alive connections to one ``host:port`` (synchronous)."""
@@ -112,7 +147,7 @@ class EndpointPool:
         target: bytes,
         headers: Headers,
         timeout: dict[str, float | None],
-    ) -> httpx.Response:
+    ) -> Reply:
         core = httpcore.Request(
             request.method.encode("ascii"),
             httpcore.URL(scheme=self._scheme, host=self._host, port=self._port, target=target),
@@ -120,14 +155,21 @@ class EndpointPool:
             content=request.stream,
             extensions={"timeout": timeout},
         )
-        with translated(request):
+        try:
             response = self._pool.handle_request(core)
-        return httpx.Response(
+        except Exception as exc:
+            mapped = _mapped(exc, request)
+            if mapped is None:
+                raise
+            raise mapped from exc
+        fields, peer, length = _taken(response.headers)
+        reply = httpx.Response(
             response.status,
-            headers=response.headers,
+            headers=fields,
             stream=_SyncBody(response.stream, request),
             extensions=response.extensions,
         )
+        return reply, peer, length
 
     def close(self) -> None:
         self._pool.close()
@@ -153,7 +195,7 @@ class AsyncEndpointPool:
         target: bytes,
         headers: Headers,
         timeout: dict[str, float | None],
-    ) -> httpx.Response:
+    ) -> Reply:
         core = httpcore.Request(
             request.method.encode("ascii"),
             httpcore.URL(scheme=self._scheme, host=self._host, port=self._port, target=target),
@@ -161,14 +203,21 @@ class AsyncEndpointPool:
             content=request.stream,
             extensions={"timeout": timeout},
         )
-        with translated(request):
+        try:
             response = await self._pool.handle_async_request(core)
-        return httpx.Response(
+        except Exception as exc:
+            mapped = _mapped(exc, request)
+            if mapped is None:
+                raise
+            raise mapped from exc
+        fields, peer, length = _taken(response.headers)
+        reply = httpx.Response(
             response.status,
-            headers=response.headers,
+            headers=fields,
             stream=_AsyncBody(response.stream, request),
             extensions=response.extensions,
         )
+        return reply, peer, length
 
     async def aclose(self) -> None:
         await self._pool.aclose()

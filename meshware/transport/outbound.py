@@ -42,7 +42,7 @@ from meshware.resilience.mirror import decide_mirrors
 from meshware.resilience.outlier import OutlierDetector
 from meshware.resilience.retry import Outcome, RetryBudget, RetryPolicy, can_replay
 from meshware.routing.balance import Balancer, hash_key_of, make_balancer
-from meshware.routing.request import RequestInfo
+from meshware.routing.request import Field, HeaderFields, RequestInfo
 from meshware.routing.table import RouteDecision, RouteTable
 from meshware.security.tls import WorkloadTLS
 from meshware.telemetry.tracing import Tracer
@@ -128,14 +128,17 @@ class EndpointSet:
     ready: tuple[str, ...]
     """Addresses of endpoints that are not draining, in a stable order."""
     members: frozenset[str]
+    registered: bool = False
+    """The service has mesh workloads in the registry (their calls carry peer metadata)."""
 
 
-def _endpoint_set(endpoints: tuple[Endpoint, ...]) -> EndpointSet:
+def _endpoint_set(endpoints: tuple[Endpoint, ...], registered: bool = False) -> EndpointSet:
     return EndpointSet(
         endpoints=endpoints,
         by_address={e.address: e for e in endpoints},
         ready=tuple(e.address for e in endpoints if not e.draining),
         members=frozenset(e.address for e in endpoints),
+        registered=registered,
     )
 
 
@@ -170,24 +173,32 @@ class Passthrough:
 PASSTHROUGH = Passthrough()
 
 
-def request_info(request: httpx.Request, labels: Mapping[str, str], namespace: str) -> RequestInfo:
-    url = request.url
-    headers: dict[str, str] = {}
-    for raw_key, raw_value in request.headers.raw:
-        name = raw_key.decode("latin-1").lower()
-        value = raw_value.decode("latin-1")
-        headers[name] = f"{headers[name]}, {value}" if name in headers else value
-    return RequestInfo(
-        method=request.method.upper(),
-        host=(url.host or "").lower(),
-        path=url.path or "/",
-        query=url.query.decode("ascii", "replace"),
-        scheme=url.scheme,
-        port=url.port,
-        headers=headers,
-        source_labels=labels,
-        source_namespace=namespace,
-    )
+def header_fields(headers: httpx.Headers) -> list[Field]:
+    """Every field of ``headers`` as (name as sent, lower-case name, value).
+
+    That is exactly the list httpx keeps (``Headers._list``, the same since httpx 0.18):
+    read it directly, because every public accessor copies, re-encodes or lower-cases the
+    whole list on each call, which costs more than routing the request.
+    ``tests/transport/test_header_fields.py`` pins the two to each other.
+    """
+    fields = getattr(headers, "_list", None)
+    if isinstance(fields, list):
+        return fields
+    return [(name, name.lower(), value) for name, value in headers.raw]
+
+
+_MAX_MEMO = 4096
+_RESPONSES: dict[int, Outcome] = {}
+
+
+def _response_outcome(status: int) -> Outcome:
+    """The (immutable, shared) outcome of an answer with ``status``."""
+    outcome = _RESPONSES.get(status)
+    if outcome is None:
+        outcome = Outcome("response", status, sent=True)
+        if 100 <= status < 600:
+            _RESPONSES[status] = outcome
+    return outcome
 
 
 def outcome_of(exc: Exception) -> Outcome:
@@ -217,6 +228,7 @@ class Outbound:
         self._targets: dict[
             tuple[str, str], tuple[RouteTable, EndpointTable, DestinationState, EndpointSet]
         ] = {}
+        self._canonical: dict[str, str] = {}
         self._lock = threading.Lock()
 
     # -- per request ---------------------------------------------------------------------
@@ -226,8 +238,11 @@ class Outbound:
         mesh = self.mesh
         routes = mesh.route_table
         endpoints = mesh.endpoint_table
-        host = (request.url.host or "").lower()
-        canonical = canonical_host(host, mesh.namespace)
+        url = request.url
+        host = (url.host or "").lower()
+        canonical = self._canonical.get(host)
+        if canonical is None:
+            canonical = self._canonicalize(host)
         if not routes.covers(canonical) and canonical not in endpoints:
             if mesh.outbound_traffic_policy == "REGISTRY_ONLY":
                 raise EgressBlockedError(
@@ -235,7 +250,17 @@ class Outbound:
                     request=request,
                 )
             return PASSTHROUGH
-        info = request_info(request, mesh.labels, mesh.namespace)
+        info = RequestInfo(
+            request.method,  # httpx upper-cases it
+            host,
+            url.path or "/",
+            url.query.decode("ascii", "replace"),
+            url.scheme,
+            url.port,
+            HeaderFields(header_fields(request.headers)),
+            mesh.labels,
+            mesh.namespace,
+        )
         decision = routes.decide(info, self.rng)
         if decision is None:
             raise NoRouteError(
@@ -256,22 +281,31 @@ class Outbound:
         )
         mirrors = decide_mirrors(route, self.rng) if route is not None and route.all_mirrors else ()
         path, authority = _rewrite(info, decision)
-        return Plan(
-            info=info,
-            decision=decision,
-            state=state,
-            endpoints=selected,
-            retry=extras.retry,
-            timeout=extras.timeout,
-            fault=fault if fault is not None and (fault.delay or fault.abort) else None,
-            mirrors=mirrors,
-            path=path,
-            authority=authority,
-            request_headers=extras.request_headers,
-            response_headers=extras.response_headers,
-            hash_key=_hash_key(state.policy, info),
-            replayable=_replayable(request),
+        return Plan(  # positional: this runs for every call
+            info,
+            decision,
+            state,
+            selected,
+            extras.retry,
+            extras.timeout,
+            fault if fault is not None and (fault.delay or fault.abort) else None,
+            mirrors,
+            path,
+            authority,
+            extras.request_headers,
+            extras.response_headers,
+            _hash_key(state.policy, info),
+            _replayable(request),
+            set(),
         )
+
+    def _canonicalize(self, host: str) -> str:
+        """``canonical_host`` of a host as written, remembered (a bounded memo)."""
+        canonical = canonical_host(host, self.mesh.namespace)
+        if len(self._canonical) >= _MAX_MEMO:
+            self._canonical.clear()
+        self._canonical[host] = canonical
+        return canonical
 
     def _route_extras(self, decision: RouteDecision) -> RouteExtras:
         cached = self._extras.get(id(decision))
@@ -314,7 +348,8 @@ class Outbound:
                 e
                 for e in _service_endpoints(decision.service_host, routes, table)
                 if e.matches(selector)
-            )
+            ),
+            decision.service_host in table,
         )
         self._targets[key] = (routes, table, state, endpoints)
         return state, endpoints
@@ -410,23 +445,22 @@ class Outbound:
     ) -> float | None:
         """After attempt number ``attempt`` got ``status``: the backoff before a retry, or None."""
         self.end_retry(plan)
-        outcome = Outcome("response", status, sent=True)
+        outcome = _response_outcome(status)
         self.record(plan, endpoint, outcome)
         if status < 400:
             return None
         return self.retry_delay(plan, attempt + 1, outcome, deadline)
 
-    def buffers(self, plan: Plan, response: httpx.Response) -> bool:
+    def buffers(self, plan: Plan, length: int | None) -> bool:
         """Read this response's body before handing it over, so a failure mid-body is retried?
 
-        Only for a small body of declared length (at most 64 KiB), on a request that may be
+        Only for a small body of declared ``length`` (at most 64 KiB), on a request that may be
         retried after a reset: an endpoint dying between the headers and the body then costs a
         retry instead of an error in the application. Streams and large bodies pass through.
         """
-        if not plan.replayable or not plan.retry.retryable(plan.info.method, _MID_BODY_RESET):
+        if length is None or length > MAX_BUFFERED_RESPONSE or not plan.replayable:
             return False
-        length = response.headers.get("content-length")
-        return length is not None and length.isdigit() and int(length) <= MAX_BUFFERED_RESPONSE
+        return plan.retry.retryable(plan.info.method, _MID_BODY_RESET)
 
     def attempt_timeout(self, plan: Plan, deadline: float | None) -> float | None:
         """The timeout for the next attempt: per-try timeout capped by the overall deadline."""

@@ -7,7 +7,7 @@ import httpx
 from meshware.config.discovery import EndpointTable
 from meshware.middleware.context import RequestContext
 from meshware.resilience.mirror import shadow_authority
-from meshware.transport.outbound import Plan
+from meshware.transport.outbound import Plan, header_fields
 
 MAX_MIRRORS_IN_FLIGHT = 64
 DEFAULT_POOL_TIMEOUT = 5.0
@@ -32,11 +32,12 @@ def upstream_headers(
     """The request's headers as sent upstream: the logical authority as Host, and the inbound
     request's context (trace, baggage, request id, deadline, sticky keys) unless the
     application set those headers itself."""
+    fields = header_fields(request.headers)
     headers = [(b"host", authority.encode("ascii", "replace"))]
-    headers.extend(item for item in request.headers.raw if item[0].lower() != b"host")
+    headers += [(name, value) for name, lower, value in fields if lower != b"host"]
     if context is not None:
-        present = {name.lower() for name, _ in headers}
-        headers.extend(item for item in context.outbound_headers(now) if item[0] not in present)
+        present = {lower for _, lower, _ in fields}
+        headers += [item for item in context.outbound_headers(now) if item[0] not in present]
     return headers
 
 
