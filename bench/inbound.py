@@ -78,6 +78,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.perfcount import ProcessInstructions  # noqa: E402
 from meshware.config.parse import load_yaml  # noqa: E402
 from meshware.config.registry import list_instances  # noqa: E402
 from meshware.config.store import ConfigStore  # noqa: E402
@@ -499,8 +500,10 @@ class Bench:
         for attempt in range(args.retries + 1):
             wait_quiet(self.server_cpus, self.min_busy, args.quiet_wait)
             cpu_before = cpu_seconds(server.process.pid)
-            result = load.run(server.url, seconds=args.duration, sampled=variant.sampled)
+            with ProcessInstructions(server.process.pid) as counted:
+                result = load.run(server.url, seconds=args.duration, sampled=variant.sampled)
             result["cpu_s"] = cpu_seconds(server.process.pid) - cpu_before
+            result["instructions"] = counted.count
             result["repeats"] = attempt
             self.served[variant.key] += result["requests"]
             busy = result["cpu_s"] / (result["duration_us"] / 1e6)
@@ -578,7 +581,8 @@ class Bench:
         results = {v.key: {"label": v.label, **summarise(self.runs[v.key])} for v in self.variants}
         for key, spans in self.spans.items():
             results[key]["spans_per_request"] = spans / max(1, self.served[key])
-        a_rounds = results["a"]["rounds"]
+        a = results["a"]
+        a_rounds = a["rounds"]
         for r in results.values():
             # Paired: each round's figure over a's in the same round, then the median.
             r["throughput_ratio"] = paired_ratio(r["rounds"], a_rounds, "rps")
@@ -587,6 +591,11 @@ class Bench:
                 x["cpu_us_per_request"] - y["cpu_us_per_request"]
                 for x, y in zip(r["rounds"], a_rounds, strict=True)
             )
+            if r["instructions_per_request"] is not None and a["instructions_per_request"]:
+                r["added_instructions_per_request"] = statistics.median(
+                    x["instructions_per_request"] - y["instructions_per_request"]
+                    for x, y in zip(r["rounds"], a_rounds, strict=True)
+                )
         target: dict[str, Any] | None = None
         if "b" in results and "c" in results:
             b, c = results["b"], results["c"]
@@ -624,6 +633,11 @@ class Bench:
         }
 
 
+def a_of(report: dict[str, Any]) -> dict[str, Any]:
+    variant: dict[str, Any] = report["variants"]["a"]
+    return variant
+
+
 def paired_ratio(rounds: list[dict[str, Any]], base: list[dict[str, Any]], key: str) -> float:
     return float(statistics.median(x[key] / y[key] for x, y in zip(rounds, base, strict=True)))
 
@@ -653,10 +667,17 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
                 "errors": sum(r["errors"].values()),
                 "requests": r["requests"],
                 "repeats": r["repeats"],
+                "instructions_per_request": (
+                    r["instructions"] / r["requests"] if r.get("instructions") else None
+                ),
             }
         )
     keys = ("rps", "p50_us", "p99_us", "cpu_us_per_request", "cpu_capacity_rps", "server_busy")
     out: dict[str, Any] = {k: statistics.median(p[k] for p in per_round) for k in keys}
+    counted = [p["instructions_per_request"] for p in per_round]
+    out["instructions_per_request"] = (
+        statistics.median(counted) if counted and None not in counted else None
+    )
     out["errors"] = sum(p["errors"] for p in per_round)
     out["repeats"] = sum(p["repeats"] for p in per_round)
     out["rounds"] = per_round
@@ -734,6 +755,14 @@ def print_report(report: dict[str, Any]) -> None:
     for r in report["variants"].values():
         if "spans_per_request" in r:
             print(f"{r['label']}: {r['spans_per_request']:.3f} spans exported per request")
+    if report["variants"]["a"]["instructions_per_request"]:
+        print("\nserver instructions per request (user space, all threads, perf stat; median):")
+        for r in report["variants"].values():
+            added = r.get("added_instructions_per_request")
+            print(
+                f"  {r['label']}: {r['instructions_per_request']:,.0f}"
+                + (f" ({added:+,.0f} vs a)" if added is not None and r is not a_of(report) else "")
+            )
     target = report["target"]
     if target is None:
         return

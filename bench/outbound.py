@@ -57,6 +57,7 @@ from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased  # n
 
 from bench.inbound import OtlpSink  # noqa: E402
 from bench.nginx import NginxHop, nginx_binary  # noqa: E402
+from bench.perfcount import instruction_counter  # noqa: E402
 from meshware import Mesh  # noqa: E402
 from meshware.config.parse import load_yaml  # noqa: E402
 from meshware.config.store import ConfigStore  # noqa: E402
@@ -213,18 +214,23 @@ async def measure(
     frequency drift on the machine hit all variants alike."""
     latencies: dict[str, list[float]] = {name: [] for name in calls}
     cpu: dict[str, list[float]] = {name: [] for name in calls}
+    instructions: dict[str, list[float]] = {name: [] for name in calls}
     for call in calls.values():  # warm up pools and code paths
         for _ in range(200):
             (await call()).raise_for_status()
+    counter = instruction_counter()  # this thread's: the caller's event loop
     items = list(calls.items())
     for i in range(requests):
         order = items if i % 2 == 0 else items[::-1]
         for name, call in order:
+            counted = counter.read() if counter is not None else 0
             cpu_start = time.process_time_ns()
             start = time.perf_counter_ns()
             response = await call()
             latencies[name].append((time.perf_counter_ns() - start) / 1000)
             cpu[name].append((time.process_time_ns() - cpu_start) / 1000)
+            if counter is not None:
+                instructions[name].append(counter.read() - counted)
             assert response.status_code == 200
     del rounds
     return {
@@ -233,6 +239,9 @@ async def measure(
             "p99_us": percentile(samples, 99),
             "cpu_us_per_request": statistics.fmean(cpu[name]),
             "cpu_p50_us": statistics.median(cpu[name]),
+            "instructions_p50": statistics.median(instructions[name])
+            if instructions[name]
+            else None,
             "requests": len(samples),
         }
         for name, samples in latencies.items()
@@ -369,7 +378,11 @@ def main() -> None:
     for name in [f"mesh client, {share} % traced" for share in TRACED_SHARES] + [
         f"raw httpx + OTel httpx, {share} % sampled" for share in OTEL_SHARES
     ]:
-        print(f"  {name}: {results[name]['cpu_p50_us'] - raw['cpu_p50_us']:+.0f} µs")
+        line = f"  {name}: {results[name]['cpu_p50_us'] - raw['cpu_p50_us']:+.0f} µs"
+        if raw["instructions_p50"] is not None:
+            added = results[name]["instructions_p50"] - raw["instructions_p50"]
+            line += f", {added:+,.0f} instructions (the caller's thread, p50)"
+        print(line)
     secure, plain = results[MTLS], results["mesh client → meshware serve"]
     print(
         f"mTLS: pooled p50 {secure['p50_us']:.0f} µs vs plaintext {plain['p50_us']:.0f} µs "

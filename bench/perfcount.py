@@ -11,9 +11,13 @@ from __future__ import annotations
 import ctypes
 import os
 import platform
+import shutil
+import signal
 import struct
+import subprocess
+import time
 
-__all__ = ["InstructionCounter", "instruction_counter"]
+__all__ = ["InstructionCounter", "ProcessInstructions", "instruction_counter"]
 
 _SYSCALL = {"x86_64": 298, "aarch64": 241}
 _PERF_TYPE_HARDWARE = 0
@@ -65,3 +69,46 @@ def instruction_counter() -> InstructionCounter | None:
         return InstructionCounter()
     except OSError:
         return None
+
+
+class ProcessInstructions:
+    """User-space instructions retired by another process (all its threads) while the block
+    runs, counted by ``perf stat -p``; :attr:`count` is None where perf is not available.
+
+        with ProcessInstructions(pid) as counted:
+            run_load()
+        print(counted.count)
+    """
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.count: int | None = None
+        self._perf: subprocess.Popen[str] | None = None
+
+    def __enter__(self) -> ProcessInstructions:
+        perf = shutil.which("perf")
+        if perf is not None:
+            self._perf = subprocess.Popen(
+                [perf, "stat", "-e", "instructions:u", "-x", ",", "-p", str(self.pid)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            time.sleep(0.1)  # let it attach before the load starts
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        perf, self._perf = self._perf, None
+        if perf is None:
+            return
+        perf.send_signal(signal.SIGINT)
+        try:
+            _, err = perf.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            perf.kill()
+            perf.communicate()
+            return
+        for line in err.splitlines():
+            value, _, rest = line.partition(",")
+            if "instructions" in rest and value.strip().isdigit():
+                self.count = int(value)

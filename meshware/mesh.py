@@ -221,10 +221,12 @@ class Mesh:
         self._started = threading.Event()
         self._lock = threading.Lock()
         self._draining = False
-        self._inflight = 0
+        self._inflight: list[bool] = []
+        """One item per request in flight: ``list.append``/``pop`` are atomic under the GIL,
+        so counting costs no lock (a lock per request cost more than the rest of it)."""
         self._inflight_lock = threading.Lock()
         self._idle = threading.Condition(self._inflight_lock)
-        self._sticky: tuple[Snapshot, frozenset[str]] | None = None
+        self._sticky: frozenset[str] = frozenset()
         self._peer_auth = MergedPeerAuthentication()
         self._inbound_port: int | None = None
         self._inbound_lock = threading.Lock()
@@ -272,17 +274,7 @@ class Mesh:
     def sticky_headers(self) -> frozenset[str]:
         """Header names of sticky-cohort keys in the applied config: inbound requests forward
         them to the calls they make, so a user stays in one cohort across services."""
-        snapshot = self.watcher.snapshot
-        cached = self._sticky
-        if cached is not None and cached[0] is snapshot:
-            return cached[1]
-        names = frozenset(
-            sticky.name.lower()
-            for vs in snapshot.config.of(VirtualService)
-            if (sticky := vs.sticky) is not None and sticky.source == "header"
-        )
-        self._sticky = (snapshot, names)
-        return names
+        return self._sticky
 
     # -- inbound bookkeeping (graceful draining) -------------------------------------------
 
@@ -294,17 +286,19 @@ class Mesh:
     @property
     def inflight(self) -> int:
         """Inbound requests being handled now (counted by the middleware)."""
-        return self._inflight
+        return len(self._inflight)
 
     def request_started(self) -> None:
-        with self._inflight_lock:
-            self._inflight += 1
+        self._inflight.append(True)
 
     def request_finished(self) -> None:
-        with self._inflight_lock:
-            self._inflight -= 1
-            if self._inflight <= 0 and self._draining:  # only drain() waits for idle
-                self._idle.notify_all()
+        self._inflight.pop()
+        # Only drain() waits for idle. It sets _draining before it looks at the count, under
+        # the lock, so either it sees this pop or this sees _draining and wakes it.
+        if self._draining:
+            with self._inflight_lock:
+                if not self._inflight:
+                    self._idle.notify_all()
 
     def drain(self, *, timeout: float = 15.0, settle: float = 0.25) -> bool:
         """Mark this instance draining, let callers notice, wait for in-flight requests.
@@ -330,11 +324,13 @@ class Mesh:
     def _wait_idle(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
         with self._inflight_lock:
-            while self._inflight > 0:
+            while self._inflight:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     log.warning(
-                        "%d requests still running after %gs of draining", self._inflight, timeout
+                        "%d requests still running after %gs of draining",
+                        len(self._inflight),
+                        timeout,
                     )
                     return False
                 self._idle.wait(left)
@@ -342,6 +338,11 @@ class Mesh:
 
     def _compile(self, snapshot: Snapshot) -> None:
         self._routes = RouteTable.compile(snapshot.config)
+        self._sticky = frozenset(
+            sticky.name.lower()
+            for vs in snapshot.config.of(VirtualService)
+            if (sticky := vs.sticky) is not None and sticky.source == "header"
+        )
         self._peer_auth = merge_peer_authentication(
             snapshot.config, namespace=self.namespace, labels=self.labels
         )

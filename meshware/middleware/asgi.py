@@ -80,13 +80,13 @@ class MeshMiddleware:
         sticky = mesh.sticky_headers
         wanted = self._wanted_for(sticky)
         found: dict[str, str] = {}
-        removed: list[int] = []
+        strip = False
         headers: list[tuple[bytes, bytes]] = scope["headers"]
         # ASGI servers lower-case header names: compare raw bytes, decode only what is read
-        for index, (raw_name, raw_value) in enumerate(headers):
+        for raw_name, raw_value in headers:
             if raw_name in wanted:
                 if raw_name in _REMOVED:
-                    removed.append(index)
+                    strip = True
                 name = raw_name.decode("latin-1")
                 if name not in found:
                     found[name] = raw_value.decode("latin-1")
@@ -97,13 +97,8 @@ class MeshMiddleware:
         peer = from_scope(scope)
         context = from_headers(found, sticky_headers=sticky, sample=tracer.samples, peer=peer)
         caller = found.get(PEER_HEADER)
-        if removed:
-            # only the TLS connection says who the caller is; the metadata is the mesh's
-            if len(removed) == 1:
-                index = removed[0]
-                scope["headers"] = headers[:index] + headers[index + 1 :]
-            else:
-                scope["headers"] = [h for h in headers if h[0] not in _REMOVED]
+        if strip:  # only the TLS connection says who the caller is; the metadata is the mesh's
+            scope["headers"] = [h for h in headers if h[0] not in _REMOVED]
         meter = mesh.metrics.inbound
         edge = meter.edge(parse_peer(caller), peer)
         length = found.get("content-length")

@@ -293,8 +293,8 @@ class Registry:
             if series is None:
                 return
         d = bisect_left(DURATION_BUCKETS, duration_ms)
-        q = bisect_left(BYTES_BUCKETS, request_bytes)
-        r = bisect_left(BYTES_BUCKETS, response_bytes)
+        q = bisect_left(BYTES_BUCKETS, request_bytes) if request_bytes > 0 else 0
+        r = bisect_left(BYTES_BUCKETS, response_bytes) if response_bytes > 0 else 0
         with self._lock:
             series.count += 1
             series.duration[d] += 1
