@@ -24,8 +24,12 @@ OTel httpx instrumentation** (``opentelemetry-instrumentation-httpx``) with 1 % 
 ratio sampling exporting to the same sink: the stock way to get outbound spans.
 
 Reports p50/p99 latency per request and client CPU per request (this process's CPU time,
-which is the caller's side; the upstream and nginx run elsewhere). nginx is installed with
-apt-get if missing. Run: ``python bench/outbound.py [--requests 3000] [--rounds 6]``.
+which is the caller's side; the upstream and nginx run elsewhere), the CPU time of the
+calling thread alone (the process also runs four meshes' background threads, whose work
+lands on whichever request is being measured, more on the slower ones), and, where Linux
+perf counters are available, the user-space instructions of the calling thread, which do not
+move with machine noise. nginx is installed with apt-get if missing.
+Run: ``python bench/outbound.py [--requests 3000] [--rounds 6]``.
 """
 
 from __future__ import annotations
@@ -214,6 +218,7 @@ async def measure(
     frequency drift on the machine hit all variants alike."""
     latencies: dict[str, list[float]] = {name: [] for name in calls}
     cpu: dict[str, list[float]] = {name: [] for name in calls}
+    thread_cpu: dict[str, list[float]] = {name: [] for name in calls}
     instructions: dict[str, list[float]] = {name: [] for name in calls}
     for call in calls.values():  # warm up pools and code paths
         for _ in range(200):
@@ -225,10 +230,12 @@ async def measure(
         for name, call in order:
             counted = counter.read() if counter is not None else 0
             cpu_start = time.process_time_ns()
+            thread_start = time.thread_time_ns()
             start = time.perf_counter_ns()
             response = await call()
             latencies[name].append((time.perf_counter_ns() - start) / 1000)
             cpu[name].append((time.process_time_ns() - cpu_start) / 1000)
+            thread_cpu[name].append((time.thread_time_ns() - thread_start) / 1000)
             if counter is not None:
                 instructions[name].append(counter.read() - counted)
             assert response.status_code == 200
@@ -239,6 +246,7 @@ async def measure(
             "p99_us": percentile(samples, 99),
             "cpu_us_per_request": statistics.fmean(cpu[name]),
             "cpu_p50_us": statistics.median(cpu[name]),
+            "thread_cpu_p50_us": statistics.median(thread_cpu[name]),
             "instructions_p50": statistics.median(instructions[name])
             if instructions[name]
             else None,
@@ -309,6 +317,7 @@ async def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
                 )
             async with (
                 httpx.AsyncClient() as raw,
+                httpx.AsyncClient() as via_nginx,
                 caller.async_client() as mesh_client,
             ):
                 calls: dict[str, Caller] = {
@@ -316,8 +325,10 @@ async def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
                     "mesh client": lambda: mesh_client.get("http://reviews/"),
                     **traced_calls(mesh_client, "http://reviews/"),
                     **otel_calls(otel_clients, f"http://127.0.0.1:{upstream_port}/"),
-                    "1 nginx hop": lambda: raw.get(f"http://127.0.0.1:{hop_b.port}/"),
-                    "2 nginx hops": lambda: raw.get(f"http://127.0.0.1:{hop_a.port}/"),
+                    # a client of their own: httpcore checks every idle connection of its
+                    # pool on each request, so sharing raw's would make the baseline costlier
+                    "1 nginx hop": lambda: via_nginx.get(f"http://127.0.0.1:{hop_b.port}/"),
+                    "2 nginx hops": lambda: via_nginx.get(f"http://127.0.0.1:{hop_a.port}/"),
                     "mesh client → meshware serve": lambda: mesh_client.get("http://plain/"),
                     "mesh client, mTLS → meshware serve": lambda: mesh_client.get("http://secure/"),
                 }
@@ -378,7 +389,11 @@ def main() -> None:
     for name in [f"mesh client, {share} % traced" for share in TRACED_SHARES] + [
         f"raw httpx + OTel httpx, {share} % sampled" for share in OTEL_SHARES
     ]:
-        line = f"  {name}: {results[name]['cpu_p50_us'] - raw['cpu_p50_us']:+.0f} µs"
+        line = (
+            f"  {name}: {results[name]['cpu_p50_us'] - raw['cpu_p50_us']:+.0f} µs"
+            f" (the caller's thread alone: "
+            f"{results[name]['thread_cpu_p50_us'] - raw['thread_cpu_p50_us']:+.0f} µs)"
+        )
         if raw["instructions_p50"] is not None:
             added = results[name]["instructions_p50"] - raw["instructions_p50"]
             line += f", {added:+,.0f} instructions (the caller's thread, p50)"
