@@ -46,11 +46,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.inbound import OtlpSink  # noqa: E402
-from bench.outbound import MESH_CONFIG  # noqa: E402
+from bench.outbound import REVIEWS, discovered, reviews_meshes  # noqa: E402
 from bench.perfcount import instruction_counter  # noqa: E402
 from meshware import Mesh  # noqa: E402
-from meshware.config.parse import load_yaml  # noqa: E402
-from meshware.config.store import ConfigStore  # noqa: E402
 from meshware.embedded_redis import RedisServer  # noqa: E402
 from meshware.middleware.asgi import MeshMiddleware  # noqa: E402
 from meshware.middleware.context import current_context, from_headers  # noqa: E402
@@ -235,20 +233,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     original_init = httpcore.AsyncConnectionPool.__init__
     try:
         with RedisServer() as redis_server, tempfile.TemporaryDirectory() as state:
-            store = ConfigStore.from_url(redis_server.url)
-            store.apply(load_yaml(MESH_CONFIG, "bench"))
-            store.close()
-            for version in ("v1", "v2", "v3"):
-                meshes.append(
-                    Mesh(
-                        "reviews",
-                        version,
-                        redis_url=redis_server.url,
-                        state_dir=state,
-                        address="127.0.0.1:9",
-                        otlp_endpoint=sink.url,
-                    ).start()
-                )
+            meshes += reviews_meshes(redis_server.url, state, "127.0.0.1:9", sink.url)
             caller = Mesh(
                 "productpage",
                 "v1",
@@ -257,14 +242,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 otlp_endpoint=sink.url,
             ).start()
             meshes.append(caller)
-            host = "reviews.default.svc.cluster.local"
-            deadline = time.monotonic() + 15
-            while len(caller.endpoint_table.endpoints(host)) < 3 or not caller.route_table.covers(
-                host
-            ):
-                if time.monotonic() > deadline:
-                    raise RuntimeError("the caller did not discover reviews")
-                await asyncio.sleep(0.05)
+            await discovered(caller, {REVIEWS: 3})
             server = meshes[0]
             reply = server.metrics.inbound.response_header
             backend = CannedBackend(canned_response([reply]))

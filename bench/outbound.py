@@ -164,6 +164,40 @@ def start_served_upstream(
     return proc
 
 
+REVIEWS = "reviews.default.svc.cluster.local"
+
+
+def reviews_meshes(
+    redis_url: str, state: str, address: str, otlp_endpoint: str | None = None
+) -> list[Mesh]:
+    """The bench's config applied, and three "versions" of reviews registered at ``address``."""
+    store = ConfigStore.from_url(redis_url)
+    store.apply(load_yaml(MESH_CONFIG, "bench"))
+    store.close()
+    return [
+        Mesh(
+            "reviews",
+            version,
+            redis_url=redis_url,
+            state_dir=state,
+            address=address,
+            otlp_endpoint=otlp_endpoint,
+        ).start()
+        for version in ("v1", "v2", "v3")
+    ]
+
+
+async def discovered(caller: Mesh, endpoints: dict[str, int]) -> None:
+    """Wait until ``caller`` routes reviews and sees the endpoints counted per host."""
+    deadline = time.monotonic() + 15
+    while not caller.route_table.covers(REVIEWS) or any(
+        len(caller.endpoint_table.endpoints(host)) < count for host, count in endpoints.items()
+    ):
+        if time.monotonic() > deadline:
+            raise RuntimeError("the caller did not discover the upstreams")
+        await asyncio.sleep(0.05)
+
+
 Caller = Callable[[], Awaitable[httpx.Response]]
 TRACED_SHARES = (0, 1, 100)
 OTEL_SHARES = (1, 100)
@@ -276,19 +310,7 @@ async def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
                 )
             )
             served.append(start_served_upstream(free_port(), redis_server.url, "plain", None))
-            store = ConfigStore.from_url(redis_server.url)
-            store.apply(load_yaml(MESH_CONFIG, "bench"))
-            store.close()
-            for version in ("v1", "v2", "v3"):  # three "versions" registered at one upstream
-                meshes.append(
-                    Mesh(
-                        "reviews",
-                        version,
-                        redis_url=redis_server.url,
-                        state_dir=state,
-                        address=f"127.0.0.1:{upstream_port}",
-                    ).start()
-                )
+            meshes += reviews_meshes(redis_server.url, state, f"127.0.0.1:{upstream_port}")
             caller = Mesh(
                 "productpage",
                 "v1",
@@ -298,18 +320,14 @@ async def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
                 otlp_endpoint=sink.url,
             ).start()
             meshes.append(caller)
-            host = "reviews.default.svc.cluster.local"
-            deadline = time.monotonic() + 15
-            secure_host = "secure.default.svc.cluster.local"
-            while (
-                len(caller.endpoint_table.endpoints(host)) < 3
-                or not caller.route_table.covers(host)
-                or not caller.endpoint_table.endpoints(secure_host)
-                or not caller.endpoint_table.endpoints("plain.default.svc.cluster.local")
-            ):
-                if time.monotonic() > deadline:
-                    raise RuntimeError("the caller did not discover the upstream")
-                await asyncio.sleep(0.05)
+            await discovered(
+                caller,
+                {
+                    REVIEWS: 3,
+                    "secure.default.svc.cluster.local": 1,
+                    "plain.default.svc.cluster.local": 1,
+                },
+            )
             otel_clients = {share: httpx.AsyncClient() for share in OTEL_SHARES}
             for share, client in otel_clients.items():
                 HTTPXClientInstrumentor.instrument_client(
