@@ -127,15 +127,47 @@ def _taken(
     return fields, peer, length
 
 
-class EndpointPool:
+class _Endpoint:
+    """What both pools share: the endpoint's address and the request/response conversions."""
+
+    def __init__(self, host: str, port: int, tls: TLSTarget | None) -> None:
+        self._host = host.encode("ascii")
+        self._port = port
+        self._scheme = b"https" if tls is not None else b"http"
+
+    def _request(
+        self,
+        request: httpx.Request,
+        target: bytes,
+        headers: Headers,
+        timeout: dict[str, float | None],
+    ) -> httpcore.Request:
+        return httpcore.Request(
+            request.method.encode("ascii"),
+            httpcore.URL(scheme=self._scheme, host=self._host, port=self._port, target=target),
+            headers=headers,
+            content=request.stream,
+            extensions={"timeout": timeout},
+        )
+
+
+def _reply(
+    response: httpcore.Response, body: httpx.SyncByteStream | httpx.AsyncByteStream
+) -> Reply:
+    fields, peer, length = _taken(response.headers)
+    reply = httpx.Response(
+        response.status, headers=fields, stream=body, extensions=response.extensions
+    )
+    return reply, peer, length
+
+
+class EndpointPool(_Endpoint):
     """Keep-alive connections to one ``host:port`` (synchronous)."""
 
     def __init__(
         self, host: str, port: int, limits: httpx.Limits, tls: TLSTarget | None = None
     ) -> None:
-        self._host = host.encode("ascii")
-        self._port = port
-        self._scheme = b"https" if tls is not None else b"http"
+        super().__init__(host, port, tls)
         options = _pool_options(limits)
         if tls is not None:
             options.update(ssl_context=tls.context, network_backend=VerifyingBackend(tls))
@@ -148,42 +180,26 @@ class EndpointPool:
         headers: Headers,
         timeout: dict[str, float | None],
     ) -> Reply:
-        core = httpcore.Request(
-            request.method.encode("ascii"),
-            httpcore.URL(scheme=self._scheme, host=self._host, port=self._port, target=target),
-            headers=headers,
-            content=request.stream,
-            extensions={"timeout": timeout},
-        )
         try:
-            response = self._pool.handle_request(core)
+            response = self._pool.handle_request(self._request(request, target, headers, timeout))
         except Exception as exc:
             mapped = _mapped(exc, request)
             if mapped is None:
                 raise
             raise mapped from exc
-        fields, peer, length = _taken(response.headers)
-        reply = httpx.Response(
-            response.status,
-            headers=fields,
-            stream=_SyncBody(response.stream, request),
-            extensions=response.extensions,
-        )
-        return reply, peer, length
+        return _reply(response, _SyncBody(response.stream, request))
 
     def close(self) -> None:
         self._pool.close()
 
 
-class AsyncEndpointPool:
+class AsyncEndpointPool(_Endpoint):
     """Keep-alive connections to one ``host:port`` (asyncio)."""
 
     def __init__(
         self, host: str, port: int, limits: httpx.Limits, tls: TLSTarget | None = None
     ) -> None:
-        self._host = host.encode("ascii")
-        self._port = port
-        self._scheme = b"https" if tls is not None else b"http"
+        super().__init__(host, port, tls)
         options = _pool_options(limits)
         if tls is not None:
             options.update(ssl_context=tls.context, network_backend=AsyncVerifyingBackend(tls))
@@ -196,13 +212,7 @@ class AsyncEndpointPool:
         headers: Headers,
         timeout: dict[str, float | None],
     ) -> Reply:
-        core = httpcore.Request(
-            request.method.encode("ascii"),
-            httpcore.URL(scheme=self._scheme, host=self._host, port=self._port, target=target),
-            headers=headers,
-            content=request.stream,
-            extensions={"timeout": timeout},
-        )
+        core = self._request(request, target, headers, timeout)
         try:
             response = await self._pool.handle_async_request(core)
         except Exception as exc:
@@ -210,14 +220,7 @@ class AsyncEndpointPool:
             if mapped is None:
                 raise
             raise mapped from exc
-        fields, peer, length = _taken(response.headers)
-        reply = httpx.Response(
-            response.status,
-            headers=fields,
-            stream=_AsyncBody(response.stream, request),
-            extensions=response.extensions,
-        )
-        return reply, peer, length
+        return _reply(response, _AsyncBody(response.stream, request))
 
     async def aclose(self) -> None:
         await self._pool.aclose()
