@@ -94,9 +94,14 @@ def test_access_logs_follow_the_telemetry_resource(
     assert call["trace_id"] == entry["trace_id"] or any(
         e["trace_id"] == call["trace_id"] for e in inbound
     )  # the caller's line and the callee's share the trace
-    # the frontend's own inbound requests are logged too (its /load endpoint)
-    assert any(
-        e["direction"] == "inbound" and e["path"].startswith("/load") for e in lines(frontend_log)
+    # the frontend's own inbound requests are logged too (its /load endpoint); its line is
+    # written when that request ends, after the outbound one, and flushed up to a second later
+    assert wait_until(
+        lambda: any(
+            e["direction"] == "inbound" and e["path"].startswith("/load")
+            for e in lines(frontend_log)
+        ),
+        timeout=10,
     )
 
     # a workload-level resource wins for backend: server side, 5xx under /status/ only
