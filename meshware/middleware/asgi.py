@@ -22,6 +22,7 @@ from urllib.parse import unquote
 from meshware.mesh import Mesh
 from meshware.middleware.authorize import asgi_request, deny_asgi
 from meshware.middleware.context import RequestContext, current_context, from_headers
+from meshware.security.authz import Verdict
 from meshware.security.paths import normalize_path
 from meshware.security.peer import FORGEABLE_HEADER, from_scope
 from meshware.telemetry.access_log import Direction, inbound_values
@@ -121,36 +122,19 @@ class MeshMiddleware:
         logged = mesh.access_log.policy.inbound
         original = _original_path(scope) if logged is not None else ""
         audit = False
+        denied: Verdict | None = None
         authorizer = mesh.authorizer
         if not authorizer.empty:
             request = asgi_request(scope, peer, authorizer.header_names)
             verdict = authorizer.check(request)
             audit = verdict.audit
             if not verdict.allowed:
-                try:
-                    await deny_asgi(metered, verdict)
-                finally:
-                    elapsed = time.perf_counter() - start
-                    meter.record(edge, status, elapsed, received, sent)
-                    if logged is not None:
-                        _log(
-                            mesh,
-                            logged,
-                            scope,
-                            original,
-                            context,
-                            peer,
-                            status,
-                            elapsed,
-                            received,
-                            sent,
-                            audit,
-                        )
-                return
-            normalized = normalize_path(request.path)
-            if normalized is not None:  # the app routes what was authorized
-                scope["raw_path"] = normalized.encode("latin-1")
-                scope["path"] = unquote(normalized)
+                denied = verdict
+            else:
+                normalized = normalize_path(request.path)
+                if normalized is not None:  # the app routes what was authorized
+                    scope["raw_path"] = normalized.encode("latin-1")
+                    scope["path"] = unquote(normalized)
         if "x-request-id" not in found:
             # The app sees the id the mesh generated, as behind Envoy.
             scope["headers"] = [*scope["headers"], (b"x-request-id", context.request_id.encode())]
@@ -160,12 +144,16 @@ class MeshMiddleware:
             send = _closing(send)
         failed = False
         try:
-            if context.flags & 1 and tracer.enabled:
+            if denied is not None:
+                await deny_asgi(metered, denied)
+            elif context.flags & 1 and tracer.enabled:
                 await self._traced(scope, receive, metered, context)
             else:
                 await self.app(scope, receive, metered)
         except Exception:
-            failed = True  # the server answers 500 unless a response was started
+            # the server answers 500 unless a response was started (a refusal that could not
+            # be sent is a caller gone away, as before)
+            failed = denied is None
             raise
         finally:
             mesh.request_finished()
