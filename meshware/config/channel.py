@@ -273,7 +273,8 @@ class RedisConfigChannel:
         if self._save_pending is not None:
             self._save_pending.cancel()
             self._save_pending = None
-            self.watcher.save_last_known_good()
+        # Unconditionally: a stop may cancel the ACK report before it scheduled the save.
+        self.watcher.save_last_known_good()
         record = self._record()
         client = async_client(self.url, timeout=1.0)
         try:

@@ -111,6 +111,8 @@ class ConfigWatcher:
         """Trusted operator keys; None accepts unsigned versions (local development)."""
         self._on_change = on_change
         self._clock = clock
+        self._saved: ConfigRecord | None = None
+        """The record last written to (or read from) ``lkg_path``: it is not written again."""
 
     # -- decisions -----------------------------------------------------------------------
 
@@ -197,9 +199,15 @@ class ConfigWatcher:
     # -- last known good -----------------------------------------------------------------
 
     def save_last_known_good(self) -> None:
-        """Write the current Redis snapshot to disk atomically (no-op without a path)."""
+        """Write the current Redis snapshot to disk atomically.
+
+        A no-op without a path, for a snapshot not from Redis, or when that very record was
+        the last one written.
+        """
         snap = self.snapshot
         if self.lkg_path is None or snap.source != "redis" or snap.record is None:
+            return
+        if snap.record is self._saved:
             return
         # The whole record, signature included: the copy is verified like a Redis version.
         payload = {"record": snap.record.to_hash(), "saved_at": self._clock()}
@@ -208,6 +216,7 @@ class ConfigWatcher:
             tmp = self.lkg_path.with_name(f".{self.lkg_path.name}.{os.getpid()}.tmp")
             tmp.write_text(json.dumps(payload, sort_keys=True), encoding="utf-8")
             os.replace(tmp, self.lkg_path)
+            self._saved = snap.record
         except OSError as exc:
             log.warning("cannot save last-known-good config to %s: %s", self.lkg_path, exc)
 

@@ -22,6 +22,7 @@ from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route
 
 from meshware import ConfigError, Mesh
+from meshware.config import channel
 from meshware.config.model.networking import VirtualService
 from meshware.config.parse import load_files
 from meshware.config.store import ConfigStore
@@ -218,6 +219,21 @@ def test_instance_started_while_redis_is_down_uses_disk_copy(
             and len(second.config) == 4
         )
     )
+
+
+def test_a_stop_before_the_save_was_scheduled_still_writes_the_disk_copy(
+    make_mesh: MeshFactory, redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As when a stop cancels the ACK's report before it scheduled the save:
+    monkeypatch.setattr(channel.RedisConfigChannel, "_schedule_save", lambda self: None)
+    state = tmp_path / "state"
+    mesh = make_mesh("reviews", "v1", state_dir=state).start()
+    version = apply(redis_url, DESTINATION_RULES)
+    assert wait_until(all_at([mesh], version))
+    assert not list(state.rglob("*.json"))
+    mesh.stop()
+    (saved,) = state.rglob("*.json")
+    assert json.loads(saved.read_text())["record"]["version"] == str(version)
 
 
 def test_redis_restarted_empty_then_reapplied_converges(

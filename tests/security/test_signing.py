@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import stat
@@ -330,3 +331,16 @@ def test_readable_private_key_is_loaded_with_a_warning(
     with caplog.at_level(logging.WARNING, logger="meshware.security"):
         OperatorKey.load(private_path)
     assert "chmod 600" in caplog.text
+
+
+def test_the_disk_copy_is_written_once_per_record(tmp_path: Path) -> None:
+    lkg = tmp_path / "lkg.json"
+    watcher = ConfigWatcher(lkg_path=lkg)
+    assert watcher.offer(record(2)).result == "ack"
+    watcher.save_last_known_good()
+    lkg.write_text("marker")  # a second save of the same record leaves the file alone
+    watcher.save_last_known_good()
+    assert lkg.read_text() == "marker"
+    assert watcher.offer(record(3)).result == "ack"
+    watcher.save_last_known_good()
+    assert ConfigRecord.from_hash(json.loads(lkg.read_text())["record"]).version == 3
