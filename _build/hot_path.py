@@ -42,6 +42,12 @@ HOT_MODULES = (
     "meshware/middleware/asgi.py",
 )
 
+
+def hot_module_names() -> list[str]:
+    """:data:`HOT_MODULES` as dotted module names."""
+    return [path.removesuffix(".py").replace("/", ".") for path in HOT_MODULES]
+
+
 PROJECT_FILES = ("pyproject.toml", "setup.py", "README.md", "_build", "meshware")
 
 

@@ -30,15 +30,12 @@ import argparse
 import asyncio
 import cProfile
 import json
-import os
 import pstats
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
-from importlib import import_module
 from pathlib import Path
 from typing import Any
 
@@ -47,12 +44,9 @@ import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-COMPILED_TREE = "MESHWARE_BENCH_COMPILED_TREE"
-if os.environ.get(COMPILED_TREE):  # ``--compiled``: the mypyc-built package comes first
-    sys.path.insert(0, os.environ[COMPILED_TREE])
-    import meshware  # now, before the bench modules put ROOT first again
+from bench import compiled  # noqa: E402
 
-    del meshware
+compiled.prefer_compiled()
 
 from bench.inbound import OtlpSink  # noqa: E402
 from bench.outbound import REVIEWS, discovered, reviews_meshes  # noqa: E402
@@ -342,29 +336,6 @@ def _rotating(app: Any, scopes: list[Scope]) -> Call:
     return run
 
 
-def rerun_compiled() -> None:
-    """Build the compiled wheel into a temporary directory and run this bench again on it."""
-    from _build.hot_path import build_compiled
-
-    with tempfile.TemporaryDirectory() as scratch:
-        print("building the compiled wheel ...", flush=True)
-        tree = build_compiled(ROOT, Path(scratch) / "tree")
-        argv = [sys.executable, __file__, *sys.argv[1:]]
-        env = {**os.environ, COMPILED_TREE: str(tree)}
-        sys.exit(subprocess.run(argv, env=env, check=False).returncode)
-
-
-def build_of() -> str:
-    """Which meshware this process runs: the compiled modules, or Python throughout."""
-    from _build.hot_path import HOT_MODULES
-
-    modules = [path.removesuffix(".py").replace("/", ".") for path in HOT_MODULES]
-    compiled = [name for name in modules if str(import_module(name).__file__).endswith(".so")]
-    if not compiled:
-        return "pure Python"
-    return f"{len(compiled)} of {len(modules)} hot modules compiled with mypyc"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -375,15 +346,9 @@ def main() -> None:
     parser.add_argument("--profile", metavar="VARIANT", help="cProfile one variant instead")
     parser.add_argument("--sort", default="tottime", help="pstats sort key for --profile")
     parser.add_argument("--top", type=int, default=40, help="rows printed by --profile")
-    parser.add_argument(
-        "--compiled",
-        action="store_true",
-        help="build a MESHWARE_COMPILE=1 wheel (mypyc, a few minutes) and measure that",
-    )
+    parser.add_argument(compiled.FLAG, action="store_true", help=compiled.HELP)
     args = parser.parse_args()
-    if args.compiled and not os.environ.get(COMPILED_TREE):
-        rerun_compiled()
-    print(f"meshware: {build_of()}")
+    print(f"meshware: {compiled.build_of()}", file=sys.stderr)
     report = asyncio.run(run(args))
     if args.profile:
         return

@@ -77,6 +77,10 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from bench import compiled  # noqa: E402
+
+compiled.prefer_compiled()
+
 
 from bench.perfcount import ProcessInstructions  # noqa: E402
 from meshware.config.parse import load_yaml  # noqa: E402
@@ -292,7 +296,7 @@ class Server:
         self.port = free_port()
         self.log = tempfile.NamedTemporaryFile(prefix="meshware-inbound-", suffix=".log")  # noqa: SIM115
         command = [
-            sys.executable,
+            *compiled.python_command(),
             "-m",
             "uvicorn",
             f"bench.inbound_apps:{factory}",
@@ -309,7 +313,9 @@ class Server:
             "--log-level",
             "warning",
         ]
-        env = {**os.environ, **env, "MESHWARE_ADDRESS": f"127.0.0.1:{self.port}"}
+        env = compiled.child_env(
+            {**os.environ, **env, "MESHWARE_ADDRESS": f"127.0.0.1:{self.port}"}
+        )
         with pinned(cpus):
             self.process = subprocess.Popen(
                 command, cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT
@@ -714,7 +720,9 @@ def main() -> None:
         help="seconds to wait at most for the server's core to be idle before measuring",
     )
     parser.add_argument("--json", action="store_true")
+    parser.add_argument(compiled.FLAG, action="store_true", help=compiled.HELP)
     args = parser.parse_args()
+    print(f"meshware: {compiled.build_of()}", file=sys.stderr)
     variants = [v for v in VARIANTS if v.group == "main" or (v.group == "extra" and args.extras)]
     if args.only:
         wanted = {"a", *args.only.split(",")}

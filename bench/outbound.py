@@ -51,6 +51,10 @@ import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from bench import compiled  # noqa: E402
+
+compiled.prefer_compiled()
+
 
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter  # noqa: E402
 from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor  # noqa: E402
@@ -143,7 +147,7 @@ def start_served_upstream(
     TLS (it advertises mTLS, so the caller switches to it by itself)."""
     proc = subprocess.Popen(
         [
-            sys.executable,
+            *compiled.python_command(),
             "-m",
             "meshware",
             "--redis-url",
@@ -157,6 +161,7 @@ def start_served_upstream(
             *(["--cert-dir", str(cert_dir)] if cert_dir is not None else []),
         ],
         cwd=ROOT,
+        env=compiled.child_env(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -377,7 +382,9 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=3000, help="per variant")
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument(compiled.FLAG, action="store_true", help=compiled.HELP)
     args = parser.parse_args()
+    print(f"meshware: {compiled.build_of()}", file=sys.stderr)
     results = asyncio.run(run(args))
     if args.json:
         print(json.dumps(results, indent=2))

@@ -100,13 +100,17 @@ def test_bookinfo_routes_and_propagates_context(
         reviews = _page(bookinfo, **headers)["reviews"]
         return str(reviews.get("served_by")) if isinstance(reviews, dict) else ""
 
-    def settled() -> bool:
-        # until productpage has discovered details and reviews its page fails (500): wait
-        response = httpx.get(f"{bookinfo}/productpage", headers={"end-user": "jason"}, timeout=10)
+    def reaches(version: str, **headers: str) -> bool:
+        response = httpx.get(f"{bookinfo}/productpage", headers=headers, timeout=10)
         if response.status_code != 200:
             return False
         reviews = response.json()["reviews"]
-        return isinstance(reviews, dict) and reviews.get("served_by") == "reviews-v2"
+        return isinstance(reviews, dict) and reviews.get("served_by") == version
+
+    def settled() -> bool:
+        # until productpage has discovered details and both reviews versions the routes lead
+        # to, its page fails (500, no healthy upstream, as Envoy before EDS arrives): wait
+        return reaches("reviews-v2", **{"end-user": "jason"}) and reaches("reviews-v3")
 
     # every service is discovered and the route is in force
     assert wait_until(settled, timeout=30)
