@@ -51,6 +51,13 @@ def python_command() -> list[str]:
     return [sys.executable, "-P"] if os.environ.get(TREE) else [sys.executable]
 
 
+def uvicorn_app_dir() -> list[str]:
+    """uvicorn options for a child on the same build: uvicorn puts ``--app-dir`` (default:
+    the working directory, ROOT, whose meshware/ is the source) first on ``sys.path``."""
+    tree = os.environ.get(TREE)
+    return ["--app-dir", tree] if tree else []
+
+
 def child_env(env: dict[str, str] | None = None) -> dict[str, str]:
     """``env`` (default: this process's) with the compiled build first on the path."""
     base = dict(os.environ if env is None else env)

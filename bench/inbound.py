@@ -312,6 +312,7 @@ class Server:
             "on",
             "--log-level",
             "warning",
+            *compiled.uvicorn_app_dir(),
         ]
         env = compiled.child_env(
             {**os.environ, **env, "MESHWARE_ADDRESS": f"127.0.0.1:{self.port}"}
