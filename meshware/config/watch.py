@@ -112,7 +112,7 @@ class ConfigWatcher:
         self._on_change = on_change
         self._clock = clock
         self._saved: ConfigRecord | None = None
-        """The record last written to (or read from) ``lkg_path``: it is not written again."""
+        """The record last written to ``lkg_path``: it is not written again."""
 
     # -- decisions -----------------------------------------------------------------------
 
