@@ -65,7 +65,7 @@ def test_the_wheel_compiles_every_hot_module_and_nothing_else(compiled: Path) ->
     assert proc.returncode == 0, proc.stderr
     files = proc.stdout.split()
     assert len(files) == len(modules) + 1
-    for name, file in zip(modules, files, strict=True):
+    for name, file in zip(modules, files[:-1], strict=True):
         assert file.startswith(str(compiled)), (name, file)
         assert file.endswith(".so"), f"{name} is not compiled: {file}"
     assert files[-1] == str(compiled / "meshware" / "mesh.py")  # the rest stays Python
