@@ -68,9 +68,9 @@ def certificate_state(mesh: Mesh) -> dict[str, Any] | None:
 def build_admin_app(mesh: Mesh) -> Starlette:
     async def metrics(request: Request) -> Response:
         """Istio's golden metrics, Prometheus text format (every worker's, summed)."""
-        from meshware.telemetry.exposition import CONTENT_TYPE, render
+        from meshware.telemetry.exposition import CONTENT_TYPE
 
-        text = await asyncio.to_thread(lambda: render(mesh.metrics.samples()))
+        text = await asyncio.to_thread(mesh.metrics.exposition)
         return Response(text, media_type=CONTENT_TYPE)
 
     async def certs(request: Request) -> Response:

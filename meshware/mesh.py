@@ -46,6 +46,7 @@ from meshware.settings import Settings, default_state_dir
 from meshware.telemetry.access_log import AccessLog, AccessLogSink, access_log_policy
 from meshware.telemetry.export import metrics_temporality, otlp_exporter, otlp_metric_exporter
 from meshware.telemetry.multiproc import SnapshotDir
+from meshware.telemetry.overrides import metrics_overrides
 from meshware.telemetry.peers import workload_of
 from meshware.telemetry.policy import tracing_percentage
 from meshware.telemetry.runtime import MeshMetrics
@@ -356,6 +357,7 @@ class Mesh:
             )
         )
         self.access_log.policy = access_log_policy(snapshot.config, self.namespace, self.labels)
+        self.metrics.overrides = metrics_overrides(snapshot.config, self.namespace, self.labels)
 
     # -- inbound mutual TLS (PeerAuthentication) -------------------------------------------
 

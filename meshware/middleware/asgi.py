@@ -25,7 +25,8 @@ from meshware.middleware.context import RequestContext, current_context, from_he
 from meshware.security.authz import Verdict
 from meshware.security.paths import normalize_path
 from meshware.security.peer import FORGEABLE_HEADER, from_scope
-from meshware.telemetry.access_log import Direction, inbound_values
+from meshware.telemetry.access_log import RequestLine, inbound_values
+from meshware.telemetry.overrides import evaluate
 from meshware.telemetry.peers import PEER_HEADER, parse_peer
 from meshware.telemetry.spans import server_span
 
@@ -120,7 +121,9 @@ class MeshMiddleware:
             await send(message)
 
         logged = mesh.access_log.policy.inbound
-        original = _original_path(scope) if logged is not None else ""
+        tags = meter.tags
+        detailed = logged is not None or bool(tags)  # the request's details are needed
+        original = _original_path(scope) if detailed else ""
         audit = False
         denied: Verdict | None = None
         authorizer = mesh.authorizer
@@ -161,21 +164,14 @@ class MeshMiddleware:
             if status is None and failed:
                 status = 500
             elapsed = time.perf_counter() - start
-            meter.record(edge, status, elapsed, received, sent)
-            if logged is not None:
-                _log(
-                    mesh,
-                    logged,
-                    scope,
-                    original,
-                    context,
-                    peer,
-                    status,
-                    elapsed,
-                    received,
-                    sent,
-                    audit,
-                )
+            if not detailed:
+                meter.record(edge, status, elapsed, received, sent)
+            else:
+                line = _line(scope, original, context, peer, status, elapsed, received, sent, audit)
+                extra = evaluate(tags, line.attributes()) if tags else ()
+                meter.record(edge, status, elapsed, received, sent, extra)
+                if logged is not None:
+                    mesh.access_log.emit(logged, line)
 
     async def _traced(
         self, scope: Scope, receive: Receive, send: Send, context: RequestContext
@@ -221,9 +217,7 @@ def _original_path(scope: Scope) -> str:
     return f"{path}?{query.decode('latin-1')}" if query else path
 
 
-def _log(
-    mesh: Mesh,
-    direction: Direction,
+def _line(
     scope: Scope,
     path: str,
     context: RequestContext,
@@ -233,8 +227,9 @@ def _log(
     received: int,
     sent: int,
     audit: bool,
-) -> None:
-    """Write the access log line of an inbound request (only called when logging is on)."""
+) -> RequestLine:
+    """An inbound request's details, for its access log line and per-request metric tags
+    (only built when one of them is on)."""
     headers: dict[str, str] = {}
     for raw_name, raw_value in scope["headers"]:
         name, value = raw_name.decode("latin-1").lower(), raw_value.decode("latin-1")
@@ -256,12 +251,8 @@ def _log(
         server=f"{server[0]}:{server[1]}" if server else None,
         audit=audit,
     )
-    mesh.access_log.emit(
-        direction,
-        values,
-        headers,
-        scheme=scope.get("scheme", "http"),
-        sampled=bool(context.flags & 1),
+    return RequestLine(
+        values, headers, scheme=scope.get("scheme", "http"), sampled=bool(context.flags & 1)
     )
 
 

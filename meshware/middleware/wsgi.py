@@ -24,9 +24,11 @@ from meshware.middleware.authorize import deny_wsgi, wsgi_request
 from meshware.middleware.context import RequestContext, current_context, from_headers
 from meshware.security.paths import normalize_path
 from meshware.security.peer import from_environ
-from meshware.telemetry.access_log import Direction, inbound_values
+from meshware.telemetry.access_log import Direction, RequestLine, inbound_values
+from meshware.telemetry.cel import TagValue
 from meshware.telemetry.meters import InboundMeter
 from meshware.telemetry.metrics import Edge
+from meshware.telemetry.overrides import evaluate
 from meshware.telemetry.peers import Workload, parse_peer
 from meshware.telemetry.spans import server_span
 
@@ -68,8 +70,9 @@ class MeshWSGIMiddleware:
         metered = _Metered(mesh.metrics.inbound, parse_peer(caller), peer, environ, caller)
         start_response = metered.wrap(start_response)
         logged = mesh.access_log.policy.inbound
-        if logged is not None:
-            metered.log = _AccessLine(mesh, logged, environ, context, peer)
+        tags = metered.meter.tags
+        if logged is not None or tags:
+            metered.log = _Details(mesh, logged, tags, environ, context, peer)
         authorizer = mesh.authorizer
         if not authorizer.empty:
             request = wsgi_request(environ, peer, authorizer.header_names)
@@ -135,8 +138,9 @@ class _Metered:
         )
         self.status: int | None = None
         self.sent = 0
-        self.log: _AccessLine | None = None
-        """Set when access logging is on for inbound requests."""
+        self.log: _Details | None = None
+        """Set when access logging is on for inbound requests, or metric tags need the
+        request's details."""
 
     def wrap(self, start_response: StartResponse) -> StartResponse:
         def metered(status: str, headers: Any, exc_info: Any = None) -> Any:
@@ -152,27 +156,35 @@ class _Metered:
 
     def record(self) -> None:
         elapsed = time.perf_counter() - self.start
-        self.meter.record(self.edge, self.status, elapsed, self.received, self.sent)
-        if self.log is not None:
-            self.log.write(self.status, elapsed, self.received, self.sent)
+        details = self.log
+        if details is None:
+            self.meter.record(self.edge, self.status, elapsed, self.received, self.sent)
+            return
+        line = details.line(self.status, elapsed, self.received, self.sent)
+        extra = evaluate(details.tags, line.attributes()) if details.tags else ()
+        self.meter.record(self.edge, self.status, elapsed, self.received, self.sent, extra)
+        if details.direction is not None:
+            details.mesh.access_log.emit(details.direction, line)
 
 
-class _AccessLine:
-    """What the access log line of a WSGI request needs from its start (the path as sent,
-    before normalisation), written when the response is closed."""
+class _Details:
+    """What the access log line and per-request metric tags of a WSGI request need from its
+    start (the path as sent, before normalisation), used when the response is closed."""
 
-    __slots__ = ("audit", "context", "direction", "environ", "mesh", "path", "principal")
+    __slots__ = ("audit", "context", "direction", "environ", "mesh", "path", "principal", "tags")
 
     def __init__(
         self,
         mesh: Mesh,
-        direction: Direction,
+        direction: Direction | None,
+        tags: tuple[TagValue, ...],
         environ: Environ,
         context: RequestContext,
         principal: str | None,
     ) -> None:
         self.mesh = mesh
         self.direction = direction
+        self.tags = tags
         self.environ = environ
         self.context = context
         self.principal = principal
@@ -181,7 +193,7 @@ class _AccessLine:
         self.path = f"{path}?{query}" if query else path
         self.audit = False
 
-    def write(self, status: int | None, elapsed: float, received: int, sent: int) -> None:
+    def line(self, status: int | None, elapsed: float, received: int, sent: int) -> RequestLine:
         environ = self.environ
         headers = {
             key[5:].lower().replace("_", "-"): str(value)
@@ -206,8 +218,7 @@ class _AccessLine:
             server=f"{server}:{server_port}" if server and server_port else None,
             audit=self.audit,
         )
-        self.mesh.access_log.emit(
-            self.direction,
+        return RequestLine(
             values,
             headers,
             scheme=environ.get("wsgi.url_scheme", "http"),

@@ -39,6 +39,7 @@ __all__ = [
     "AccessLogPolicy",
     "AccessLogSink",
     "Direction",
+    "RequestLine",
     "access_log_policy",
     "filter_attributes",
     "format_line",
@@ -249,24 +250,44 @@ class AccessLog:
         self.policy = OFF
         self.sink = sink
 
-    def emit(
+    def emit(self, direction: Direction, line: RequestLine) -> None:
+        """Write ``line`` if ``direction``'s filters let it through."""
+        if direction.filters and not direction.wants(line.attributes()):
+            return
+        self.sink.write(line.values)
+
+
+class RequestLine:
+    """One request as the access log and per-request metric tags see it: the line's
+    ``values`` (see :data:`FIELDS`), the request headers (names lower-case) and, built on
+    first use, the CEL attributes (:func:`filter_attributes`)."""
+
+    __slots__ = ("_attributes", "headers", "sampled", "scheme", "values")
+
+    def __init__(
         self,
-        direction: Direction,
         values: dict[str, Any],
         headers: Mapping[str, str],
         *,
         scheme: str = "http",
         sampled: bool = False,
     ) -> None:
-        """Write ``values`` (see :data:`FIELDS`) if ``direction``'s filters let it through."""
-        if direction.filters:
-            attributes = filter_attributes(
+        self.values = values
+        self.headers = headers
+        self.scheme = scheme
+        self.sampled = sampled
+        self._attributes: dict[str, Any] | None = None
+
+    def attributes(self) -> dict[str, Any]:
+        if self._attributes is None:
+            values = self.values
+            self._attributes = filter_attributes(
                 method=values.get("method") or "",
                 path=values.get("path") or "",
                 host=values.get("authority") or "",
-                scheme=scheme,
+                scheme=self.scheme,
                 protocol=values.get("protocol") or "",
-                headers=headers,
+                headers=self.headers,
                 code=int(values.get("response_code") or 0),
                 flags=values.get("response_flags") or "",
                 request_size=int(values.get("bytes_received") or 0),
@@ -275,12 +296,10 @@ class AccessLog:
                 source_address=values.get("downstream_remote_address") or "",
                 source_principal=values.get("source_principal"),
                 upstream_address=values.get("upstream_host"),
-                sampled=sampled,
+                sampled=self.sampled,
                 direction=values.get("direction") or "",
             )
-            if not direction.wants(attributes):
-                return
-        self.sink.write(values)
+        return self._attributes
 
 
 def inbound_values(

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from meshware.config.keys import Keys
-from meshware.telemetry.metrics import DURATION_BUCKETS, LABEL_NAMES, Sample
+from meshware.telemetry.metrics import DURATION_BUCKETS, LABEL_NAMES, Sample, SeriesKey
 
 __all__ = [
     "FORMAT_VERSION",
@@ -109,7 +109,7 @@ class AggregateFlusher:
         self.keys = keys
         self.window = window
         self.ttl = ttl
-        self._previous: dict[tuple[str, ...], tuple[int, tuple[int, ...], float]] = {}
+        self._previous: dict[SeriesKey, tuple[int, tuple[int, ...], float]] = {}
         self.pending: dict[int, dict[str, int]] = {}
         """Deltas not written yet, by window start."""
         self._failing = False
@@ -119,7 +119,7 @@ class AggregateFlusher:
         deltas = self.pending.setdefault(window_of(now, self.window), {})
         previous = self._previous
         for sample in samples:
-            before = previous.get(sample.labels)
+            before = previous.get(sample.key)
             count, buckets, total = (
                 (sample.count, sample.duration, sample.duration_sum)
                 if before is None
@@ -131,7 +131,7 @@ class AggregateFlusher:
             )
             if count <= 0:
                 continue
-            previous[sample.labels] = (sample.count, sample.duration, sample.duration_sum)
+            previous[sample.key] = (sample.count, sample.duration, sample.duration_sum)
             group = _group(sample.labels)
             deltas[f"{group}|n"] = deltas.get(f"{group}|n", 0) + count
             micros = round(total * 1000)

@@ -17,9 +17,11 @@ import httpx
 from meshware.config.discovery import Endpoint
 from meshware.middleware.context import RequestContext
 from meshware.routing.table import RouteDecision
-from meshware.telemetry.access_log import AccessLog, Direction
+from meshware.telemetry.access_log import AccessLog, Direction, RequestLine
+from meshware.telemetry.cel import TagValue
 from meshware.telemetry.flags import fault_flag, response_flags
 from meshware.telemetry.meters import OutboundMeter
+from meshware.telemetry.overrides import evaluate
 from meshware.telemetry.peers import Workload, parse_peer
 from meshware.telemetry.spans import ClientCall, Headers, client_span
 from meshware.telemetry.tracing import Tracer
@@ -51,7 +53,7 @@ class OutboundCall:
         span: ClientCall | None,
         service_host: str,
         request_bytes: int,
-        log: OutboundLine | None = None,
+        log: OutboundDetails | None = None,
     ) -> None:
         self._start = time.perf_counter()
         self._log = log
@@ -114,50 +116,60 @@ class OutboundCall:
         flags = response_flags(self._faults, error, self.attempts, failed)
         meter = self._meter
         elapsed = time.perf_counter() - self._start
-        if meter is not None:
-            edge = meter.edge(self._service_host, self._endpoint, self._principal, self._peer)
-            meter.record(
-                edge,
-                None if error is not None else status,
-                flags,
-                elapsed,
-                self._request_bytes,
-                response_bytes,
-            )
-        if self._span is not None:
-            self._span.finish(status, error, flags)
-        if self._log is not None:
+        answered = None if error is not None else status
+        details = self._log
+        line: RequestLine | None = None
+        if details is not None:
             endpoint = self._endpoint
-            self._log.write(
-                None if error is not None else status,
+            line = details.line(
+                answered,
                 flags,
                 elapsed,
                 response_bytes,
                 endpoint.address if endpoint is not None else None,
                 self._principal,
             )
+        if meter is not None:
+            edge = meter.edge(self._service_host, self._endpoint, self._principal, self._peer)
+            tags = details.tags if details is not None else ()
+            meter.record(
+                edge,
+                answered,
+                flags,
+                elapsed,
+                self._request_bytes,
+                response_bytes,
+                evaluate(tags, line.attributes()) if tags and line is not None else (),
+            )
+        if self._span is not None:
+            self._span.finish(status, error, flags)
+        if details is not None and details.direction is not None and line is not None:
+            details.access.emit(details.direction, line)
 
 
-class OutboundLine:
-    """What the access log line of an outbound call needs, kept only when logging is on."""
+class OutboundDetails:
+    """What the access log line and the per-request metric tags of an outbound call need,
+    kept only when outbound logging is on or such tags are configured."""
 
-    __slots__ = ("access", "context", "decision", "direction", "request")
+    __slots__ = ("access", "context", "decision", "direction", "request", "tags")
 
     def __init__(
         self,
         access: AccessLog,
-        direction: Direction,
+        direction: Direction | None,
+        tags: tuple[TagValue, ...],
         request: httpx.Request,
         context: RequestContext | None,
         decision: RouteDecision,
     ) -> None:
         self.access = access
         self.direction = direction
+        self.tags = tags
         self.request = request
         self.context = context
         self.decision = decision
 
-    def write(
+    def line(
         self,
         status: int | None,
         flags: str,
@@ -165,7 +177,7 @@ class OutboundLine:
         response_bytes: int,
         upstream: str | None,
         principal: str | None,
-    ) -> None:
+    ) -> RequestLine:
         request, decision, context = self.request, self.decision, self.context
         headers = {k.lower(): v for k, v in request.headers.items()}
         url = request.url
@@ -191,8 +203,7 @@ class OutboundLine:
             "trace_id": context.trace_id if context is not None else None,
             "upstream_principal": principal,
         }
-        self.access.emit(
-            self.direction,
+        return RequestLine(
             values,
             headers,
             scheme=url.scheme,
@@ -220,13 +231,14 @@ def outbound_call(
     """The telemetry of a call routed by ``decision`` (a span only if it is sampled, an
     access log line only if outbound logging is on)."""
     direction = access.policy.outbound if access is not None else None
+    tags = meter.tags if meter is not None else ()
     return OutboundCall(
         meter,
         client_span(tracer, context, request, decision),
         decision.service_host,
         _request_bytes(request) if meter is not None else 0,
-        OutboundLine(access, direction, request, context, decision)
-        if access is not None and direction is not None
+        OutboundDetails(access, direction, tags, request, context, decision)
+        if access is not None and (direction is not None or tags)
         else None,
     )
 

@@ -26,11 +26,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from meshware.errors import MeshwareError
 
-__all__ = ["CelError", "Predicate", "compile_filter"]
+__all__ = ["CelError", "Predicate", "TagValue", "compile_filter", "compile_value"]
 
 Evaluator = Callable[[Mapping[str, Any]], Any]
 Predicate = Callable[[Mapping[str, Any]], bool]
@@ -125,6 +126,8 @@ class _Parser:
         self.source = source
         self.tokens = _tokens(source)
         self.i = 0
+        self.reads = False
+        """Whether the expression reads any attribute (False: it is a constant)."""
 
     def peek(self) -> tuple[str, Any, int]:
         return self.tokens[self.i]
@@ -258,6 +261,7 @@ class _Parser:
             self.take()
             if self.at_op("("):
                 return self.function(value, at)
+            self.reads = True
             return _attribute(str(value))
         found = "the end" if kind == "end" else repr(value)
         raise CelError(f"unexpected {found} at position {at}")
@@ -390,3 +394,51 @@ def compile_filter(source: str) -> Predicate:
             return False
 
     return predicate
+
+
+UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class TagValue:
+    """A compiled metric tag value (``tagOverrides.NAME.value``)."""
+
+    source: str
+    evaluate: Callable[[Mapping[str, Any]], str]
+    """The value for a request's attributes; ``unknown`` when it cannot be evaluated."""
+    constant: str | None
+    """The value when the expression reads no attribute (then :attr:`evaluate` is not
+    needed), else None."""
+
+
+def _label(value: Any) -> str:
+    """A CEL value as a metric label (``string()`` of it; lists and maps are not labels)."""
+    if isinstance(value, str):
+        return value
+    if type(value) is bool:
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    raise _Missing
+
+
+def compile_value(source: str) -> TagValue:
+    """Compile a tag value expression; raises :class:`CelError` naming what is wrong.
+
+    The value is the expression's result as a string; a missing attribute, a type error or
+    a result that is not a string, number or boolean gives ``unknown``, as Istio reports a
+    tag it cannot evaluate.
+    """
+    if len(source) > 4096:
+        raise CelError("expression longer than 4096 characters")
+    parser = _Parser(source)
+    evaluate = parser.parse()
+
+    def value(attributes: Mapping[str, Any]) -> str:
+        try:
+            return _label(evaluate(attributes))
+        except (_Missing, ValueError, TypeError, ZeroDivisionError):
+            return UNKNOWN
+
+    constant = None if parser.reads else value({})
+    return TagValue(source, value, constant)

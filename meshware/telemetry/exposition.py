@@ -13,13 +13,13 @@ from collections.abc import Iterable, Sequence
 from meshware.telemetry.metrics import (
     BYTES_BUCKETS,
     DURATION_BUCKETS,
-    LABEL_NAMES,
     REQUEST_BYTES,
     REQUEST_DURATION,
     REQUESTS_TOTAL,
     RESPONSE_BYTES,
     Sample,
 )
+from meshware.telemetry.overrides import NONE, MetricsOverrides
 
 __all__ = ["CONTENT_TYPE", "render"]
 
@@ -51,10 +51,20 @@ _DURATION_LE = (*(f'le="{_bound(b)}"' for b in DURATION_BUCKETS), 'le="+Inf"')
 _BYTES_LE = (*(f'le="{_bound(b)}"' for b in BYTES_BUCKETS), 'le="+Inf"')
 
 
+def _labelled(overrides: MetricsOverrides, metric: str, samples: list[Sample]) -> Labelled:
+    return [
+        (",".join(f'{name}="{_escape(value)}"' for name, value in labels), sample)
+        for labels, sample in overrides.series(metric, samples)
+    ]
+
+
+Labelled = list[tuple[str, Sample]]
+
+
 def _histogram(
     out: list[str],
     name: str,
-    labelled: Sequence[tuple[str, Sample]],
+    labelled: Labelled,
     pick: str,
     bounds: tuple[str, ...],
 ) -> None:
@@ -70,24 +80,22 @@ def _histogram(
         out.append(f"{name}_count{{{labels}}} {total}")
 
 
-def render(samples: Iterable[Sample]) -> str:
-    """The exposition of ``samples`` (one per label tuple: merge processes first)."""
-    labelled = [
-        (
-            ",".join(
-                f'{name}="{_escape(value)}"'
-                for name, value in zip(LABEL_NAMES, sample.labels, strict=True)
-            ),
-            sample,
-        )
-        for sample in samples
-    ]
+def render(samples: Iterable[Sample], overrides: MetricsOverrides = NONE) -> str:
+    """The exposition of ``samples`` (one per series: merge processes first), shaped by the
+    workload's metric ``overrides`` (:mod:`meshware.telemetry.overrides`)."""
+    every = list(samples)
     out: list[str] = [
         f"# HELP {REQUESTS_TOTAL} {_HELP[REQUESTS_TOTAL]}",
         f"# TYPE {REQUESTS_TOTAL} counter",
     ]
-    out.extend(f"{REQUESTS_TOTAL}{{{labels}}} {sample.count}" for labels, sample in labelled)
-    _histogram(out, REQUEST_DURATION, labelled, "duration", _DURATION_LE)
-    _histogram(out, REQUEST_BYTES, labelled, "request_bytes", _BYTES_LE)
-    _histogram(out, RESPONSE_BYTES, labelled, "response_bytes", _BYTES_LE)
+    out.extend(
+        f"{REQUESTS_TOTAL}{{{labels}}} {sample.count}"
+        for labels, sample in _labelled(overrides, REQUESTS_TOTAL, every)
+    )
+    for metric, pick, bounds in (
+        (REQUEST_DURATION, "duration", _DURATION_LE),
+        (REQUEST_BYTES, "request_bytes", _BYTES_LE),
+        (RESPONSE_BYTES, "response_bytes", _BYTES_LE),
+    ):
+        _histogram(out, metric, _labelled(overrides, metric, every), pick, bounds)
     return "\n".join(out) + "\n"

@@ -6,6 +6,10 @@ whom did we call" into an interned :class:`~meshware.telemetry.metrics.Edge` onc
 and record requests against it. Labels follow Istio's standard metrics: what is not known is
 ``unknown``; ``connection_security_policy`` is ``mutual_tls`` or ``none`` as the destination
 reports it and ``unknown`` from the source (Istio cannot tell there either).
+
+``tags`` lists the ``Telemetry`` tag overrides whose values the request path evaluates
+(:mod:`meshware.telemetry.overrides`); the callers pass their values to ``record`` as
+``extra`` (empty, and nothing evaluated, without such overrides).
 """
 
 from __future__ import annotations
@@ -13,7 +17,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from meshware.config.discovery import Endpoint
-from meshware.telemetry.metrics import Edge, Registry, response_code
+from meshware.telemetry.cel import TagValue
+from meshware.telemetry.metrics import Edge, Extra, Registry, response_code
 from meshware.telemetry.peers import PEER_HEADER, UNKNOWN, Workload, workload_of
 
 __all__ = ["InboundMeter", "OutboundMeter", "service_host_parts"]
@@ -70,6 +75,7 @@ class InboundMeter:
         """The metadata header this workload answers a mesh caller with."""
         self._identity = identity
         self._edges: dict[tuple[int, str | None], tuple[Workload | None, Edge]] = {}
+        self.tags: tuple[TagValue, ...] = ()
 
     def edge(self, peer: Workload | None, principal: str | None) -> Edge:
         """The edge of a caller with metadata ``peer`` and verified SPIFFE ID ``principal``.
@@ -127,6 +133,7 @@ class InboundMeter:
         seconds: float,
         request_bytes: int,
         response_bytes: int,
+        extra: Extra = (),
     ) -> None:
         """One request handled: no status means the caller went away first (``DC``)."""
         self.registry.record(
@@ -136,6 +143,7 @@ class InboundMeter:
             seconds * 1000.0,
             request_bytes,
             response_bytes,
+            extra,
         )
 
 
@@ -151,6 +159,7 @@ class OutboundMeter:
         """The metadata header every call to a mesh workload carries."""
         self._identity = identity
         self._edges: dict[tuple[str, str, str | None, int], tuple[Workload | None, Edge]] = {}
+        self.tags: tuple[TagValue, ...] = ()
 
     def edge(
         self,
@@ -219,7 +228,14 @@ class OutboundMeter:
         seconds: float,
         request_bytes: int,
         response_bytes: int,
+        extra: Extra = (),
     ) -> None:
         self.registry.record(
-            edge, response_code(status), flags, seconds * 1000.0, request_bytes, response_bytes
+            edge,
+            response_code(status),
+            flags,
+            seconds * 1000.0,
+            request_bytes,
+            response_bytes,
+            extra,
         )

@@ -14,6 +14,10 @@ and is interned by the registry (callers cache it); the response code and flags,
 per-request labels, complete the key. Paths, methods, hosts the caller typed and other
 request data never become labels, so the number of series is bounded by peers x codes x
 flags, and :data:`MAX_SERIES` caps it outright.
+
+The one exception is opt-in: a ``Telemetry`` tag override whose value reads request
+attributes (:mod:`meshware.telemetry.overrides`) makes the meters pass its values as
+``extra``, a last part of the key, for the series that carry it.
 """
 
 from __future__ import annotations
@@ -35,9 +39,11 @@ __all__ = [
     "REQUEST_DURATION",
     "RESPONSE_BYTES",
     "Edge",
+    "Extra",
     "Registry",
     "Sample",
     "Series",
+    "SeriesKey",
     "response_code",
 ]
 
@@ -116,6 +122,12 @@ MAX_SERIES = 20_000
 
 _CODES = tuple(str(code) for code in range(600))
 
+Extra = tuple[tuple[str, str], ...]
+"""Values of tags a ``Telemetry`` override computes per request: (expression, value) pairs,
+in the order the override set lists them; empty without such overrides."""
+
+SeriesKey = tuple[tuple[str, ...], Extra]
+
 
 def response_code(status: int | None) -> str:
     """``response_code`` of a status (``"0"``: no response, as Envoy reports it)."""
@@ -148,6 +160,7 @@ class Series:
         "count",
         "duration",
         "duration_sum",
+        "extra",
         "labels",
         "request_bytes",
         "request_bytes_sum",
@@ -155,8 +168,9 @@ class Series:
         "response_bytes_sum",
     )
 
-    def __init__(self, labels: tuple[str, ...]) -> None:
+    def __init__(self, labels: tuple[str, ...], extra: Extra = ()) -> None:
         self.labels = labels
+        self.extra = extra
         self.count = 0
         self.duration = [0] * (len(DURATION_BUCKETS) + 1)
         self.duration_sum = 0.0
@@ -178,6 +192,12 @@ class Sample:
     request_bytes_sum: int
     response_bytes: tuple[int, ...]
     response_bytes_sum: int
+    extra: Extra = ()
+
+    @property
+    def key(self) -> SeriesKey:
+        """What tells series apart: the standard labels and the extra tag values."""
+        return self.labels, self.extra
 
     def to_json(self) -> list[object]:
         return [
@@ -189,12 +209,16 @@ class Sample:
             self.request_bytes_sum,
             list(self.response_bytes),
             self.response_bytes_sum,
+            *([[list(pair) for pair in self.extra]] if self.extra else []),
         ]
 
     @classmethod
     def from_json(cls, value: Sequence[object]) -> Sample:
         """Inverse of :meth:`to_json`; raises ``ValueError``/``TypeError`` when malformed."""
-        labels, count, duration, dsum, req, reqsum, resp, respsum = value
+        labels, count, duration, dsum, req, reqsum, resp, respsum, *rest = value
+        if len(rest) > 1:
+            raise ValueError("sample of the wrong shape")
+        extra = tuple(_pair(pair) for pair in _seq(rest[0])) if rest else ()
         sample = cls(
             labels=tuple(str(v) for v in _seq(labels)),
             count=int(_num(count)),
@@ -204,6 +228,7 @@ class Sample:
             request_bytes_sum=int(_num(reqsum)),
             response_bytes=tuple(int(_num(v)) for v in _seq(resp)),
             response_bytes_sum=int(_num(respsum)),
+            extra=extra,
         )
         if (
             len(sample.labels) != len(LABEL_NAMES)
@@ -225,6 +250,7 @@ class Sample:
             request_bytes_sum=self.request_bytes_sum + other.request_bytes_sum,
             response_bytes=_add(self.response_bytes, other.response_bytes),
             response_bytes_sum=self.response_bytes_sum + other.response_bytes_sum,
+            extra=self.extra,
         )
 
 
@@ -232,6 +258,11 @@ def _seq(value: object) -> Sequence[object]:
     if not isinstance(value, list | tuple):
         raise TypeError(f"expected a list, got {type(value).__name__}")
     return value
+
+
+def _pair(value: object) -> tuple[str, str]:
+    expression, result = _seq(value)
+    return str(expression), str(result)
 
 
 def _num(value: object) -> int | float:
@@ -246,11 +277,12 @@ def _add(a: Sequence[int], b: Sequence[int]) -> tuple[int, ...]:
 
 def merge(groups: Iterable[Iterable[Sample]]) -> list[Sample]:
     """Samples of several processes summed per label tuple, in first-seen order."""
-    merged: dict[tuple[str, ...], Sample] = {}
+    merged: dict[SeriesKey, Sample] = {}
     for samples in groups:
         for sample in samples:
-            seen = merged.get(sample.labels)
-            merged[sample.labels] = sample if seen is None else seen.plus(sample)
+            key = sample.key
+            seen = merged.get(key)
+            merged[key] = sample if seen is None else seen.plus(sample)
     return list(merged.values())
 
 
@@ -259,7 +291,7 @@ class Registry:
 
     def __init__(self, max_series: int = MAX_SERIES) -> None:
         self._edges: dict[tuple[tuple[str, ...], str], Edge] = {}
-        self._series: dict[tuple[Edge, str, str], Series] = {}
+        self._series: dict[tuple[Edge, str, str] | tuple[Edge, str, str, Extra], Series] = {}
         self._lock = threading.Lock()
         self._max_series = max_series
         self._overflowed = False
@@ -284,12 +316,13 @@ class Registry:
         duration_ms: float,
         request_bytes: int,
         response_bytes: int,
+        extra: Extra = (),
     ) -> None:
         """Count one request (the request path's only call)."""
-        key = (edge, code, flags)
+        key = (edge, code, flags, extra) if extra else (edge, code, flags)
         series = self._series.get(key)
         if series is None:
-            series = self._create(key)
+            series = self._create(key, edge, code, flags, extra)
             if series is None:
                 return
         d = bisect_left(DURATION_BUCKETS, duration_ms)
@@ -304,8 +337,14 @@ class Registry:
             series.response_bytes[r] += 1
             series.response_bytes_sum += response_bytes
 
-    def _create(self, key: tuple[Edge, str, str]) -> Series | None:
-        edge, code, flags = key
+    def _create(
+        self,
+        key: tuple[Edge, str, str] | tuple[Edge, str, str, Extra],
+        edge: Edge,
+        code: str,
+        flags: str,
+        extra: Extra,
+    ) -> Series | None:
         with self._lock:
             series = self._series.get(key)
             if series is not None:
@@ -319,7 +358,7 @@ class Registry:
                     )
                 return None
             # response_code, grpc_response_status, response_flags, connection_security_policy
-            series = Series((*edge.labels, code, "", flags, edge.security_policy))
+            series = Series((*edge.labels, code, "", flags, edge.security_policy), extra)
             self._series[key] = series
             return series
 
@@ -339,6 +378,7 @@ class Registry:
                     s.request_bytes_sum,
                     tuple(s.response_bytes),
                     s.response_bytes_sum,
+                    s.extra,
                 )
                 for s in self._series.values()
             ]

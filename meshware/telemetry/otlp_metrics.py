@@ -54,13 +54,14 @@ from meshware._version import __version__
 from meshware.telemetry.metrics import (
     BYTES_BUCKETS,
     DURATION_BUCKETS,
-    LABEL_NAMES,
     REQUEST_BYTES,
     REQUEST_DURATION,
     REQUESTS_TOTAL,
     RESPONSE_BYTES,
     Sample,
+    SeriesKey,
 )
+from meshware.telemetry.overrides import NONE, MetricsOverrides
 
 __all__ = ["SCOPE", "WARN_EVERY", "MetricsPusher", "delta", "metrics_data"]
 
@@ -88,8 +89,10 @@ _EXPORTER_LOGGERS = (
 )
 
 
-def _attributes(sample: Sample) -> dict[str, str]:
-    return dict(zip(LABEL_NAMES, sample.labels, strict=True))
+def _points(
+    overrides: MetricsOverrides, metric: str, samples: Sequence[Sample]
+) -> list[tuple[dict[str, str], Sample]]:
+    return [(dict(labels), sample) for labels, sample in overrides.series(metric, samples)]
 
 
 def _histogram(
@@ -133,10 +136,11 @@ def metrics_data(
     start_ns: int,
     time_ns: int,
     temporality: AggregationTemporality = CUMULATIVE,
+    overrides: MetricsOverrides = NONE,
 ) -> MetricsData:
-    """The four metrics of ``samples`` (one per label tuple) as the SDK's ``MetricsData``:
-    points from ``start_ns`` to ``time_ns`` (Unix nanoseconds)."""
-    labelled = [(_attributes(s), s) for s in samples]
+    """The four metrics of ``samples`` (one per series) as the SDK's ``MetricsData``:
+    points from ``start_ns`` to ``time_ns`` (Unix nanoseconds), shaped by ``overrides``
+    (:mod:`meshware.telemetry.overrides`)."""
     requests = Metric(
         name=REQUESTS_TOTAL,
         description="Requests handled, by reporter, source, destination and response.",
@@ -149,7 +153,7 @@ def metrics_data(
                     time_unix_nano=time_ns,
                     value=sample.count,
                 )
-                for attributes, sample in labelled
+                for attributes, sample in _points(overrides, REQUESTS_TOTAL, samples)
             ],
             aggregation_temporality=temporality,
             is_monotonic=True,
@@ -162,7 +166,10 @@ def metrics_data(
             REQUEST_DURATION,
             "Request duration in milliseconds.",
             "ms",
-            ((a, s.count, s.duration, s.duration_sum) for a, s in labelled),
+            (
+                (a, s.count, s.duration, s.duration_sum)
+                for a, s in _points(overrides, REQUEST_DURATION, samples)
+            ),
             _DURATION_BOUNDS,
             *window,
         ),
@@ -170,7 +177,10 @@ def metrics_data(
             REQUEST_BYTES,
             "HTTP request body sizes in bytes.",
             "By",
-            ((a, s.count, s.request_bytes, s.request_bytes_sum) for a, s in labelled),
+            (
+                (a, s.count, s.request_bytes, s.request_bytes_sum)
+                for a, s in _points(overrides, REQUEST_BYTES, samples)
+            ),
             _BYTES_BOUNDS,
             *window,
         ),
@@ -178,7 +188,10 @@ def metrics_data(
             RESPONSE_BYTES,
             "HTTP response body sizes in bytes.",
             "By",
-            ((a, s.count, s.response_bytes, s.response_bytes_sum) for a, s in labelled),
+            (
+                (a, s.count, s.response_bytes, s.response_bytes_sum)
+                for a, s in _points(overrides, RESPONSE_BYTES, samples)
+            ),
             _BYTES_BOUNDS,
             *window,
         ),
@@ -197,12 +210,12 @@ def _minus(a: Sequence[int], b: Sequence[int]) -> tuple[int, ...]:
     return tuple(x - y for x, y in zip(a, b, strict=True))
 
 
-def delta(samples: Sequence[Sample], previous: dict[tuple[str, ...], Sample]) -> list[Sample]:
+def delta(samples: Sequence[Sample], previous: dict[SeriesKey, Sample]) -> list[Sample]:
     """What each series counted since ``previous`` (series are never removed and counts
     only grow); series that counted nothing are left out."""
     changed: list[Sample] = []
     for now in samples:
-        before = previous.get(now.labels)
+        before = previous.get(now.key)
         if before is None:
             changed.append(now)
         elif now.count != before.count:
@@ -216,6 +229,7 @@ def delta(samples: Sequence[Sample], previous: dict[tuple[str, ...], Sample]) ->
                     request_bytes_sum=now.request_bytes_sum - before.request_bytes_sum,
                     response_bytes=_minus(now.response_bytes, before.response_bytes),
                     response_bytes_sum=now.response_bytes_sum - before.response_bytes_sum,
+                    extra=now.extra,
                 )
             )
     return changed
@@ -293,10 +307,13 @@ class MetricsPusher:
         temporality: AggregationTemporality = CUMULATIVE,
         start_ns: int | None = None,
         name: str = "meshware-otlp-metrics",
+        overrides: Callable[[], MetricsOverrides] = lambda: NONE,
     ) -> None:
         if not interval > 0 or not timeout > 0:
             raise ValueError("interval and timeout must be positive")
         self.collect = collect
+        self.overrides = overrides
+        """The workload's metric overrides now (read at every push)."""
         self.resource = resource
         self.interval = interval
         self.timeout = timeout
@@ -312,7 +329,7 @@ class MetricsPusher:
         self._make_exporter = exporter
         self._run: _Run | None = None
         self._lock = threading.Lock()
-        self._previous: dict[tuple[str, ...], Sample] = {}
+        self._previous: dict[SeriesKey, Sample] = {}
         self._previous_ns = self.start_ns
         self._failing = 0
         self._warned_at: float | None = None
@@ -383,7 +400,12 @@ class MetricsPusher:
         if not samples:
             return True
         data = metrics_data(
-            samples, self.resource, start_ns=start_ns, time_ns=now_ns, temporality=self.temporality
+            samples,
+            self.resource,
+            start_ns=start_ns,
+            time_ns=now_ns,
+            temporality=self.temporality,
+            overrides=self.overrides(),
         )
         error = ""
         if logs is not None:
@@ -396,7 +418,7 @@ class MetricsPusher:
             self._failed(error or (logs.summary() if logs is not None else "") or "export failed")
             return False
         self.pushes += 1
-        self._previous = {s.labels: s for s in current}  # what delta pushes start from
+        self._previous = {s.key: s for s in current}  # what delta pushes start from
         self._previous_ns = now_ns
         if self._failing:
             log.info("OTLP metric pushes succeed again (after %d failed)", self._failing)

@@ -30,10 +30,12 @@ from meshware.config.connection import async_client
 from meshware.config.keys import Keys
 from meshware.errors import ControlPlaneError
 from meshware.telemetry.aggregates import AggregateFlusher, AsyncRedis
+from meshware.telemetry.exposition import render
 from meshware.telemetry.meters import InboundMeter, OutboundMeter
 from meshware.telemetry.metrics import Registry, Sample, merge
 from meshware.telemetry.multiproc import SnapshotDir
 from meshware.telemetry.otlp_metrics import MetricsPusher
+from meshware.telemetry.overrides import NONE, MetricsOverrides
 from meshware.telemetry.peers import Workload
 
 __all__ = ["FLUSH_INTERVAL", "MeshMetrics"]
@@ -67,6 +69,20 @@ class MeshMetrics:
         self._ready = ready
         self.pusher: MetricsPusher | None = None
         """Pushes this process's series over OTLP, when on (set by :meth:`push_over_otlp`)."""
+        self._overrides: MetricsOverrides = NONE
+
+    @property
+    def overrides(self) -> MetricsOverrides:
+        """The workload's ``Telemetry`` metric overrides (set on every config change): they
+        shape ``/metrics`` and the OTLP push, and give the meters the tags to evaluate per
+        request."""
+        return self._overrides
+
+    @overrides.setter
+    def overrides(self, overrides: MetricsOverrides) -> None:
+        self._overrides = overrides
+        self.inbound.tags = overrides.inbound
+        self.outbound.tags = overrides.outbound
 
     def push_over_otlp(
         self,
@@ -87,6 +103,7 @@ class MeshMetrics:
             timeout=timeout,
             temporality=temporality,
             start_ns=self.created_ns,
+            overrides=lambda: self.overrides,
         )
         return self.pusher
 
@@ -94,6 +111,10 @@ class MeshMetrics:
         """Share this process's series through ``snapshots`` (once, after the fork)."""
         if self.snapshots is None:
             self.snapshots = snapshots
+
+    def exposition(self) -> str:
+        """``/metrics``: :meth:`samples` in Prometheus' text format, shaped by the overrides."""
+        return render(self.samples(), self.overrides)
 
     def samples(self) -> list[Sample]:
         """What ``/metrics`` shows: live series, plus the other workers' when shared."""

@@ -217,7 +217,7 @@ def test_histograms_agree_with_the_prometheus_exposition() -> None:
 
 def test_delta_is_what_each_series_counted_since_the_previous_snapshot() -> None:
     registry = known_registry()
-    before = {s.labels: s for s in registry.snapshot()}
+    before = {s.key: s for s in registry.snapshot()}
     edge = registry.edge(edge_labels(reporter="destination"), "mutual_tls")
     registry.record(edge, "200", "-", 30.0, 100, 1000)
     registry.record(edge, "404", "-", 1.0, 0, 0)

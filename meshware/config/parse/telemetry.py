@@ -27,7 +27,7 @@ from meshware.config.parse.kinds import KindSpec
 from meshware.config.parse.reader import Node
 from meshware.config.parse.security import parse_selector
 from meshware.config.parse.values import duration
-from meshware.telemetry.cel import CelError, compile_filter
+from meshware.telemetry.cel import CelError, compile_filter, compile_value
 
 TELEMETRY_VERSIONS = ("v1", "v1alpha1")
 
@@ -160,6 +160,11 @@ def _tag_override(node: Node) -> TagOverride:
     value = node.string("value")
     if operation == "UPSERT" and not value:
         node.error("value", "is required when operation is UPSERT")
+    elif operation == "UPSERT":
+        try:
+            compile_value(value)
+        except CelError as exc:
+            node.error("value", f"not a supported CEL expression: {exc}")
     elif operation == "REMOVE" and node.has("value"):
         node.error("value", "must not be set when operation is REMOVE")
     node.done()
