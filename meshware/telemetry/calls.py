@@ -33,10 +33,10 @@ class OutboundCall:
     """See the module docstring. Not thread-safe: one call is driven by one task/thread."""
 
     __slots__ = (
+        "_details",
         "_done",
         "_endpoint",
         "_faults",
-        "_log",
         "_meter",
         "_peer",
         "_principal",
@@ -53,10 +53,10 @@ class OutboundCall:
         span: ClientCall | None,
         service_host: str,
         request_bytes: int,
-        log: OutboundDetails | None = None,
+        details: OutboundDetails | None = None,
     ) -> None:
         self._start = time.perf_counter()
-        self._log = log
+        self._details = details
         self._meter = meter
         self._span = span
         self._service_host = service_host
@@ -117,7 +117,7 @@ class OutboundCall:
         meter = self._meter
         elapsed = time.perf_counter() - self._start
         answered = None if error is not None else status
-        details = self._log
+        details = self._details
         line: RequestLine | None = None
         if details is not None:
             endpoint = self._endpoint
