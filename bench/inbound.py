@@ -15,9 +15,9 @@ so that drift on the machine hits all variants alike:
   OTLP/HTTP sink in this process that counts spans and keeps none. Per request the
   middleware parses the trace context, baggage and deadline, generates a request id, picks
   up the sticky header, counts the request in flight, and records a SERVER span for the
-  sampled ones, exported by the mesh's batching thread. meshware has no metrics yet: the
-  Telemetry ``metrics`` entry is stored and distributed but costs nothing today. (A meshware
-  without tracing runs too; the table's notes say which it was.)
+  sampled ones, exported by the mesh's batching thread, and counts the request in Istio's
+  golden metrics (the Telemetry ``metrics`` entry has no overrides, Istio's default). (A
+  meshware without tracing runs too; the table's notes say which it was.)
 * **c: OTel ASGI**: ``OpenTelemetryMiddleware`` with an SDK ``TracerProvider`` sampling
   ``ParentBased(TraceIdRatioBased(0.01))``, a ``BatchSpanProcessor`` and a discarding
   exporter; no-op metrics.
