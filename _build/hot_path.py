@@ -23,6 +23,7 @@ HOT_MODULES = (
     "meshware/transport/outbound.py",
     "meshware/transport/shared.py",
     "meshware/transport/pools.py",
+    "meshware/transport/endpoint.py",
     "meshware/routing/table.py",
     "meshware/routing/request.py",
     "meshware/routing/select.py",

@@ -68,19 +68,76 @@ def _pool_options(limits: httpx.Limits) -> dict[str, Any]:
     }
 
 
+class _SyncChunks:
+    """One iteration over an httpcore response body, httpcore errors translated."""
+
+    __slots__ = ("_chunks", "_request")
+
+    def __init__(self, chunks: Iterator[bytes], request: httpx.Request) -> None:
+        self._chunks = chunks
+        self._request = request
+
+    def __iter__(self) -> _SyncChunks:
+        return self
+
+    def __next__(self) -> bytes:
+        try:
+            return next(self._chunks)
+        except StopIteration:
+            raise
+        except Exception as exc:
+            mapped = _mapped(exc, self._request)
+            if mapped is None:
+                raise
+            raise mapped from exc
+
+
 class _SyncBody(httpx.SyncByteStream):
     def __init__(self, stream: Any, request: httpx.Request) -> None:
         self._stream = stream
         self._request = request
 
     def __iter__(self) -> Iterator[bytes]:
-        with translated(self._request):
-            yield from self._stream
+        return _SyncChunks(iter(self._stream), self._request)
 
     def close(self) -> None:
         if hasattr(self._stream, "close"):
-            with translated(self._request):
+            try:
                 self._stream.close()
+            except Exception as exc:
+                mapped = _mapped(exc, self._request)
+                if mapped is None:
+                    raise
+                raise mapped from exc
+
+
+class _AsyncChunks:
+    """One iteration over an httpcore response body, httpcore errors translated.
+
+    A class rather than an async generator: no generator object and no run of asyncio's
+    first-iteration hook per response, and mypyc (which has no async generators) compiles it.
+    Like the generator it replaces, it lives only as long as the ``async for`` using it.
+    """
+
+    __slots__ = ("_chunks", "_request")
+
+    def __init__(self, chunks: AsyncIterator[bytes], request: httpx.Request) -> None:
+        self._chunks = chunks
+        self._request = request
+
+    def __aiter__(self) -> _AsyncChunks:
+        return self
+
+    async def __anext__(self) -> bytes:
+        try:
+            return await self._chunks.__anext__()
+        except StopAsyncIteration:
+            raise
+        except Exception as exc:
+            mapped = _mapped(exc, self._request)
+            if mapped is None:
+                raise
+            raise mapped from exc
 
 
 class _AsyncBody(httpx.AsyncByteStream):
@@ -88,15 +145,18 @@ class _AsyncBody(httpx.AsyncByteStream):
         self._stream = stream
         self._request = request
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        with translated(self._request):
-            async for chunk in self._stream:
-                yield chunk
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return _AsyncChunks(self._stream.__aiter__(), self._request)
 
     async def aclose(self) -> None:
         if hasattr(self._stream, "aclose"):
-            with translated(self._request):
+            try:
                 await self._stream.aclose()
+            except Exception as exc:
+                mapped = _mapped(exc, self._request)
+                if mapped is None:
+                    raise
+                raise mapped from exc
 
 
 Headers = list[tuple[bytes, bytes]]
