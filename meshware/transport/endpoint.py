@@ -163,6 +163,7 @@ Headers = list[tuple[bytes, bytes]]
 
 _PEER = PEER_HEADER.encode("latin-1")
 _LENGTH = b"content-length"
+_MAX_URLS = 1024
 
 Reply = tuple[httpx.Response, bytes | None, int | None]
 """What an endpoint answered: the response (without :data:`PEER_HEADER`), the value of that
@@ -194,6 +195,17 @@ class _Endpoint:
         self._host = host.encode("ascii")
         self._port = port
         self._scheme = b"https" if tls is not None else b"http"
+        self._urls: dict[bytes, httpcore.URL] = {}
+
+    def _url(self, target: bytes) -> httpcore.URL:
+        """The httpcore URL of ``target`` at this endpoint (remembered: a bounded memo)."""
+        url = self._urls.get(target)
+        if url is None:
+            if len(self._urls) >= _MAX_URLS:
+                self._urls.clear()
+            url = httpcore.URL(scheme=self._scheme, host=self._host, port=self._port, target=target)
+            self._urls[target] = url
+        return url
 
     def _request(
         self,
@@ -202,13 +214,17 @@ class _Endpoint:
         headers: Headers,
         timeout: dict[str, float | None],
     ) -> httpcore.Request:
-        return httpcore.Request(
+        core = httpcore.Request(
             request.method.encode("ascii"),
-            httpcore.URL(scheme=self._scheme, host=self._host, port=self._port, target=target),
-            headers=headers,
+            self._url(target),
             content=request.stream,
             extensions={"timeout": timeout},
         )
+        # ``headers`` is a list of (bytes, bytes) pairs already, which is all httpcore's
+        # validation would make of it: it would copy the list and type-check every name and
+        # value, at several times the cost of building the rest of the request.
+        core.headers = headers
+        return core
 
 
 def _reply(
