@@ -48,7 +48,8 @@ _WANTED = frozenset(
         PEER_HEADER,
     }
 )
-_WANTED_BYTES = frozenset(name.encode() for name in _WANTED)
+_WANTED_NAMES = {name.encode("latin-1"): name for name in _WANTED}
+"""The names of :data:`_WANTED` as ASGI servers give them (bytes), to the names as read."""
 _REMOVED = frozenset({FORGEABLE_HEADER.encode(), PEER_HEADER.encode()})
 """Request headers the application never sees: a forgeable identity, the peer metadata."""
 _JOINED = frozenset({"traceparent", "tracestate", "baggage"})
@@ -65,12 +66,13 @@ class MeshMiddleware:
         self.app = app
         self.mesh = mesh
         self._sticky: frozenset[str] = frozenset()
-        self._wanted: frozenset[bytes] = _WANTED_BYTES
+        self._wanted: dict[bytes, str] = _WANTED_NAMES
 
-    def _wanted_for(self, sticky: frozenset[str]) -> frozenset[bytes]:
-        """Header names to read, as bytes; rebuilt only when the sticky headers change."""
+    def _wanted_for(self, sticky: frozenset[str]) -> dict[bytes, str]:
+        """Header names to read, as bytes, to the same names decoded; rebuilt only when the
+        sticky headers change."""
         if sticky is not self._sticky:
-            self._wanted = _WANTED_BYTES | {name.encode("latin-1") for name in sticky}
+            self._wanted = _WANTED_NAMES | {name.encode("latin-1"): name for name in sticky}
             self._sticky = sticky
         return self._wanted
 
@@ -84,12 +86,12 @@ class MeshMiddleware:
         found: dict[str, str] = {}
         strip = False
         headers: list[tuple[bytes, bytes]] = scope["headers"]
-        # ASGI servers lower-case header names: compare raw bytes, decode only what is read
+        # ASGI servers lower-case header names: look the raw bytes up, decode only values read
         for raw_name, raw_value in headers:
-            if raw_name in wanted:
+            name = wanted.get(raw_name)
+            if name is not None:
                 if raw_name in _REMOVED:
                     strip = True
-                name = raw_name.decode("latin-1")
                 if name not in found:
                     found[name] = raw_value.decode("latin-1")
                 elif name in _JOINED:  # repeated fields, joined in order (RFC 9110 §5.3)
