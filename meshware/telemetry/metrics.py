@@ -328,7 +328,9 @@ class Registry:
         d = bisect_left(DURATION_BUCKETS, duration_ms)
         q = bisect_left(BYTES_BUCKETS, request_bytes) if request_bytes > 0 else 0
         r = bisect_left(BYTES_BUCKETS, response_bytes) if response_bytes > 0 else 0
-        with self._lock:
+        lock = self._lock
+        lock.acquire()  # not ``with``: half the cost, on every request of both sides
+        try:
             series.count += 1
             series.duration[d] += 1
             series.duration_sum += duration_ms
@@ -336,6 +338,8 @@ class Registry:
             series.request_bytes_sum += request_bytes
             series.response_bytes[r] += 1
             series.response_bytes_sum += response_bytes
+        finally:
+            lock.release()
 
     def _create(
         self,
