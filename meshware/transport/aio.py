@@ -23,7 +23,7 @@ from meshware.errors import (
     UpstreamOverflowError,
     UpstreamTimeoutError,
 )
-from meshware.middleware.context import current_context
+from meshware.middleware.context import RequestContext, current_context
 from meshware.routing.balance import Balancer
 from meshware.telemetry.calls import OutboundCall, outbound_call, record_unrouted
 from meshware.transport.endpoint import AsyncEndpointPool
@@ -90,13 +90,9 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
         if isinstance(plan, Passthrough):
             return await self._passthrough.handle_async_request(request)
         mesh = self.outbound.mesh
+        context = current_context.get()
         call = outbound_call(
-            self._meter,
-            mesh.tracer,
-            current_context.get(),
-            request,
-            plan.decision,
-            mesh.access_log,
+            self._meter, mesh.tracer, context, request, plan.decision, mesh.access_log
         )
         if plan.fault is not None:
             if plan.fault.delay:
@@ -114,7 +110,7 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
             call.finish(error=exc)
             raise
         try:
-            return await self._send(request, plan, call)
+            return await self._send(request, plan, call, context)
         except BaseException as exc:
             call.finish(error=exc)
             self.outbound.end_retry(plan)
@@ -166,11 +162,16 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
 
     # -- the attempt loop --------------------------------------------------------------------
 
-    async def _send(self, request: httpx.Request, plan: Plan, call: OutboundCall) -> httpx.Response:
+    async def _send(
+        self,
+        request: httpx.Request,
+        plan: Plan,
+        call: OutboundCall,
+        context: RequestContext | None,
+    ) -> httpx.Response:
         outbound = self.outbound
         now = self._clock()
         deadline = now + plan.timeout if plan.timeout else None
-        context = current_context.get()
         if context is not None and context.deadline is not None:
             deadline = context.deadline if deadline is None else min(deadline, context.deadline)
         plan.state.budget.deposit()
@@ -179,7 +180,7 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
         headers = upstream_headers(request, plan.authority, context, now)
         if self._meter is not None and plan.endpoints.registered:
             headers.append(self._meter.request_header)  # peer metadata, for mesh workloads only
-        target = request_target(request.url, plan.path)
+        target = request_target(request.url, plan.path, plan.info.path)
         attempt = 0
         while True:
             try:
@@ -231,12 +232,14 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
                     continue
                 call.attempt_end(status, peer=peer)
                 call.finish(status, response_bytes=response.num_bytes_downloaded)
-                apply_header_operations(response.headers, plan.response_headers)
+                if plan.response_headers:
+                    apply_header_operations(response.headers, plan.response_headers)
                 balancer.finish(endpoint.address)
                 self._release(plan)
                 return response
             call.attempt_end(status, peer=peer)
-            apply_header_operations(response.headers, plan.response_headers)
+            if plan.response_headers:
+                apply_header_operations(response.headers, plan.response_headers)
             address = endpoint.address
 
             def done(

@@ -18,9 +18,10 @@ def live_addresses(table: EndpointTable) -> set[str]:
     return {e.address for endpoints in table.services.values() for e in endpoints}
 
 
-def request_target(url: httpx.URL, path: str) -> bytes:
-    """The request target (path and query) to send upstream, with the rewritten path."""
-    if path == url.path:
+def request_target(url: httpx.URL, path: str, original: str | None = None) -> bytes:
+    """The request target (path and query) to send upstream, with the rewritten path
+    (``original``: ``url.path``, when the caller has it at hand already)."""
+    if path == (url.path if original is None else original):
         return url.raw_path
     target = path.encode("ascii", "replace")
     return target + b"?" + url.query if url.query else target
