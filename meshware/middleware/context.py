@@ -57,6 +57,9 @@ _TRACEPARENT_00 = re.compile(r"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
 _FLAGS = {f"{flags:02x}": flags & KNOWN_FLAGS for flags in range(256)}
 """The flags this hop keeps of each two-hex-digit trace-flags field (a lookup costs less than
 ``int(field, 16)``)."""
+_HEX_FLAGS = tuple(f"{flags:02x}" for flags in range(KNOWN_FLAGS + 1))
+"""The trace-flags field of the flags this hop propagates (indexing costs less than
+formatting with ``:02x``)."""
 _ZERO_TRACE_ID = "0" * 32
 _ZERO_PARENT_ID = "0" * 16
 _OWS = " \t"
@@ -88,7 +91,7 @@ class TraceParent:
     """trace-flags: :data:`SAMPLED` and :data:`RANDOM_TRACE_ID`; other bits are always zero."""
 
     def format(self) -> str:
-        return f"00-{self.trace_id}-{self.parent_id}-{self.flags & KNOWN_FLAGS:02x}"
+        return f"00-{self.trace_id}-{self.parent_id}-{_HEX_FLAGS[self.flags & KNOWN_FLAGS]}"
 
     @property
     def sampled(self) -> bool:
@@ -285,7 +288,7 @@ class RequestContext:
 
     def traceparent(self) -> str:
         """The ``traceparent`` of outbound calls: version 00, this hop's span as the parent."""
-        return f"00-{self.trace_id}-{self.span_id}-{self.flags & KNOWN_FLAGS:02x}"
+        return f"00-{self.trace_id}-{self.span_id}-{_HEX_FLAGS[self.flags & KNOWN_FLAGS]}"
 
     def outbound_headers(self, now: float) -> list[tuple[bytes, bytes]]:
         """Headers an outbound call carries (the caller's own values win over these)."""

@@ -33,12 +33,17 @@ def upstream_headers(
     """The request's headers as sent upstream: the logical authority as Host, and the inbound
     request's context (trace, baggage, request id, deadline, sticky keys) unless the
     application set those headers itself."""
-    fields = header_fields(request.headers)
+    # One loop rather than three comprehensions (each a function call before Python 3.12).
     headers = [(b"host", authority.encode("ascii", "replace"))]
-    headers += [(name, value) for name, lower, value in fields if lower != b"host"]
+    present: set[bytes] = set()
+    for name, lower, value in header_fields(request.headers):
+        present.add(lower)
+        if lower != b"host":
+            headers.append((name, value))
     if context is not None:
-        present = {lower for _, lower, _ in fields}
-        headers += [item for item in context.outbound_headers(now) if item[0] not in present]
+        for item in context.outbound_headers(now):
+            if item[0] not in present:
+                headers.append(item)
     return headers
 
 
