@@ -177,15 +177,17 @@ def _taken(
     in one pass over the raw fields (httpx's ``Headers`` lookups cost far more)."""
     peer: bytes | None = None
     length: int | None = None
-    for name, value in fields:
+    kept: list[tuple[bytes, bytes]] = []
+    for field in fields:
+        name, value = field
         lower = name.lower()
         if lower == _PEER:
             peer = value
-        elif lower == _LENGTH and value.isdigit():
+            continue
+        if lower == _LENGTH and value.isdigit():
             length = int(value)
-    if peer is not None:
-        fields = [field for field in fields if field[0].lower() != _PEER]
-    return fields, peer, length
+        kept.append(field)
+    return (fields if peer is None else kept), peer, length
 
 
 class _Endpoint:
