@@ -85,24 +85,29 @@ class MeshMiddleware:
         wanted = self._wanted_for(sticky)
         found: dict[str, str] = {}
         strip = False
-        headers: list[tuple[bytes, bytes]] = scope["headers"]
+        # The headers without _REMOVED ones, built while reading: mesh callers send their
+        # metadata, so most requests need this list, and a second pass would cost more.
+        kept: list[tuple[bytes, bytes]] = []
         # ASGI servers lower-case header names: look the raw bytes up, decode only values read
-        for raw_name, raw_value in headers:
+        for header in scope["headers"]:
+            raw_name, raw_value = header
             name = wanted.get(raw_name)
             if name is not None:
-                if raw_name in _REMOVED:
-                    strip = True
                 if name not in found:
                     found[name] = raw_value.decode("latin-1")
                 elif name in _JOINED:  # repeated fields, joined in order (RFC 9110 §5.3)
                     found[name] = f"{found[name]},{raw_value.decode('latin-1')}"
+                if raw_name in _REMOVED:
+                    strip = True
+                    continue
+            kept.append(header)
         start = time.perf_counter()
         tracer = mesh.tracer
         peer = from_scope(scope)
         context = from_headers(found, sticky_headers=sticky, sample=tracer.samples, peer=peer)
         caller = found.get(PEER_HEADER)
         if strip:  # only the TLS connection says who the caller is; the metadata is the mesh's
-            scope["headers"] = [h for h in headers if h[0] not in _REMOVED]
+            scope["headers"] = kept
         meter = mesh.metrics.inbound
         edge = meter.edge(parse_peer(caller), peer)
         length = found.get("content-length")
