@@ -37,11 +37,19 @@ _ERRORS: dict[type[Exception], type[httpx.TransportError]] = {
 
 
 def _mapped(exc: Exception, request: httpx.Request) -> httpx.TransportError | None:
-    """The httpx exception an httpcore one stands for (None: not an httpcore error)."""
+    """The httpx exception an httpcore one stands for, caused by it (None: not an httpcore
+    error).
+
+    The cause is set here too: mypyc, which compiles this module, ignores the ``from`` of
+    ``raise mapped from exc``, so only this keeps the compiled module's exceptions chained
+    as the Python one's are (``__cause__`` set, the context suppressed).
+    """
     for kind in type(exc).__mro__:
         mapped = _ERRORS.get(kind)
         if mapped is not None:
-            return mapped(str(exc) or type(exc).__name__, request=request)
+            error = mapped(str(exc) or type(exc).__name__, request=request)
+            error.__cause__ = exc
+            return error
     return None
 
 
