@@ -142,10 +142,12 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
                 await condition.wait_for(admission.dequeue)
         except TimeoutError:
             admission.abandon()
-            raise UpstreamOverflowError(
+            overflow = UpstreamOverflowError(
                 f"{plan.decision.service_host}: waited {wait:g}s for a free connection",
                 request=request,
-            ) from None
+            )
+            overflow.__suppress_context__ = True  # ``from None``, which the compiled build ignores
+            raise overflow
 
     def _release(self, plan: Plan) -> None:
         plan.state.admission.release()

@@ -442,7 +442,9 @@ class Outbound:
         if delay is not None:
             return delay
         if deadline is not None and self.clock() >= deadline:
-            raise UpstreamTimeoutError(timeout_message(plan), request=exc.request) from exc
+            timeout = UpstreamTimeoutError(timeout_message(plan), request=exc.request)
+            timeout.__cause__ = exc  # explicit: the compiled build ignores ``raise ... from``
+            raise timeout
         raise exc
 
     def answered(

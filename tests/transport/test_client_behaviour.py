@@ -96,6 +96,8 @@ def test_route_timeout_raises_an_httpx_timeout(
     with caller.client() as client, pytest.raises(UpstreamTimeoutError) as info:
         client.get("http://slow/")
     assert isinstance(info.value, httpx.TimeoutException)
+    # the attempt's own timeout is the cause, in the compiled build as in the Python one
+    assert isinstance(info.value.__cause__, httpx.TimeoutException)
 
 
 WEIGHTS = """

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import AsyncIterator, Iterator
 
 import httpcore
 import httpx
 import pytest
 
-from meshware.transport.endpoint import _AsyncBody, _SyncBody
+from meshware.transport.endpoint import _MAX_URLS, _AsyncBody, _Endpoint, _SyncBody
+from meshware.transport.secure import TLSTarget
 
 REQUEST = httpx.Request("GET", "http://reviews/")
 
@@ -142,3 +144,42 @@ def test_close_errors_are_translated() -> None:
             await body.aclose()
 
     asyncio.run(main())
+
+
+def test_the_request_handed_to_httpcore_is_what_httpcore_would_build() -> None:
+    """``_Endpoint._request`` skips httpcore's header validation and reuses URLs: the request
+    must still equal one httpcore builds itself from the same parts."""
+    endpoint = _Endpoint("10.0.0.7", 9080, None)
+    request = httpx.Request("POST", "http://reviews/reviews/0?x=1", content=b"body")
+    headers = [(b"host", b"reviews"), (b"X-Trace", b"a b"), (b"content-length", b"4")]
+    timeout: dict[str, float | None] = {"connect": 1.0, "read": 2.0, "write": None, "pool": 3.0}
+
+    ours = endpoint._request(request, b"/reviews/0?x=1", headers, timeout)
+    theirs = httpcore.Request(
+        b"POST",
+        httpcore.URL(scheme=b"http", host=b"10.0.0.7", port=9080, target=b"/reviews/0?x=1"),
+        headers=headers,
+        content=request.stream,
+        extensions={"timeout": timeout},
+    )
+    assert ours.method == theirs.method
+    assert (ours.url.scheme, ours.url.host, ours.url.port, ours.url.target) == (
+        theirs.url.scheme,
+        theirs.url.host,
+        theirs.url.port,
+        theirs.url.target,
+    )
+    assert ours.headers == theirs.headers
+    assert ours.stream is theirs.stream
+    assert ours.extensions == theirs.extensions
+    # the URL is remembered per target, and the memo stays bounded
+    assert endpoint._request(request, b"/reviews/0?x=1", headers, timeout).url is ours.url
+    for i in range(_MAX_URLS + 1):
+        endpoint._url(b"/%d" % i)
+    assert len(endpoint._urls) <= _MAX_URLS
+    tls = _Endpoint(
+        "10.0.0.8",
+        443,
+        TLSTarget(ssl.create_default_context(), "spiffe://mesh/ns/default/sa/reviews"),
+    )
+    assert tls._request(request, b"/", headers, timeout).url.scheme == b"https"

@@ -170,6 +170,33 @@ def test_pending_request_overflow_fails_fast(
     assert finished[:3] == ["overflow"] * 3
 
 
+def test_pending_request_that_waits_past_the_pool_timeout_overflows(
+    upstreams: Callable[..., Upstream], apply_yaml: Callable[[str], int], caller: Mesh
+) -> None:
+    upstreams("slow", "v1", delay=1.0)
+    wait_for_version(caller, apply_yaml(LIMITED))
+    wait_for_endpoints(caller, "slow", 1)
+
+    async def drive() -> list[object]:
+        timeout = httpx.Timeout(10, pool=0.2)
+        async with caller.async_client(timeout=timeout) as client:
+
+            async def call(i: int) -> object:
+                try:
+                    return (await client.get(f"http://slow/work/{i}")).status_code
+                except UpstreamOverflowError as exc:
+                    return exc
+
+            return await asyncio.gather(call(0), call(1))
+
+    first, second = asyncio.run(drive())
+    assert first == 200
+    assert isinstance(second, UpstreamOverflowError)
+    assert "waited 0.2s for a free connection" in str(second)
+    # ``from None`` in the compiled build as in the Python one: the wait's TimeoutError hidden
+    assert second.__cause__ is None and second.__suppress_context__
+
+
 FAULTS = """
 apiVersion: networking.istio.io/v1
 kind: VirtualService
