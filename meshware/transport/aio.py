@@ -146,8 +146,9 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
                 f"{plan.decision.service_host}: waited {wait:g}s for a free connection",
                 request=request,
             )
-            overflow.__suppress_context__ = True  # ``from None``, which the compiled build ignores
-            raise overflow
+            # ``from None`` alone is ignored by the compiled build; say it explicitly too.
+            overflow.__suppress_context__ = True
+            raise overflow from None
 
     def _release(self, plan: Plan) -> None:
         plan.state.admission.release()
